@@ -1,0 +1,86 @@
+"""Training checkpoints (written atomically) and exported models (safetensors + JSON config).
+
+A checkpoint is a `torch.save` dict of tensors and plain values, read back only with
+`weights_only=True`. An exported model folder holds `model.safetensors`, `config.json` and,
+when given, `tokenizer.json`; it is what generation, evaluation and serving load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+import torch.nn as nn
+
+from lmcore.models import SequenceClassifier, build_model, build_model_config
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write `state` to `path` so that a crash mid-write leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def export_model(
+    directory: str | os.PathLike,
+    model: nn.Module,
+    arch: str,
+    model_config: dict[str, Any],
+    tokenizer_path: str | os.PathLike | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write weights and config to `directory` (replaced as a whole, via a sibling temp dir)."""
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model = getattr(model, "_orig_mod", model)  # the uncompiled module's state
+    safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
+    config: dict[str, Any] = {"arch": arch, "model": model_config, **(extra or {})}
+    if isinstance(model, SequenceClassifier):
+        config["classifier"] = {"num_classes": model.head.out_features, "pooling": model.pooling}
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    if tokenizer_path is not None:
+        shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)
+    return directory
+
+
+def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild an exported model; returns (model in eval mode, config dict)."""
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    if not config_path.exists():
+        raise ValueError(f"{directory} is not an exported model folder: {config_path} is missing")
+    config = json.loads(config_path.read_text())
+    model = build_model(config["arch"], build_model_config(config["arch"], config["model"]))
+    if "classifier" in config:
+        model = SequenceClassifier(model, config["classifier"]["num_classes"], config["classifier"]["pooling"])
+    missing, unexpected = safetensors.torch.load_model(model, str(directory / "model.safetensors"), strict=False)
+    if unexpected or [k for k in missing if "lm_head.weight" not in k]:
+        raise ValueError(
+            f"{directory}/model.safetensors does not match its config: missing {missing}, unexpected {unexpected}"
+        )
+    return model.to(device).eval(), config

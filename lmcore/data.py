@@ -1,0 +1,146 @@
+"""Token streams on disk and the batches drawn from them.
+
+A token stream is a flat binary file (uint16 when the vocabulary fits, uint32 otherwise) plus a
+JSON sidecar `<file>.json` with dtype, vocab size, token count, byte count and tokenizer hash.
+Training memory-maps it. Random batches come from an explicit `torch.Generator`; evaluation
+batches are a fixed, evenly spaced set of windows.
+
+Shapes: B batch, T block_size (sequence length).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class StreamMeta:
+    dtype: str
+    vocab_size: int
+    num_tokens: int
+    num_bytes: int
+    tokenizer_sha256: str
+
+    @property
+    def bytes_per_token(self) -> float:
+        return self.num_bytes / max(self.num_tokens, 1)
+
+
+def stream_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+def write_token_stream(
+    path: str | os.PathLike, ids: np.ndarray, vocab_size: int, num_bytes: int, tokenizer_sha256: str
+) -> StreamMeta:
+    """Write ids and the sidecar; both land atomically (tmp file + rename)."""
+    dtype = stream_dtype(vocab_size)
+    if ids.size and int(ids.max()) >= vocab_size:
+        raise ValueError(f"{path}: token id {int(ids.max())} is outside vocab_size={vocab_size}")
+    meta = StreamMeta(dtype.name, vocab_size, int(ids.size), int(num_bytes), tokenizer_sha256)
+    tmp = f"{path}.tmp"
+    ids.astype(dtype).tofile(tmp)
+    os.replace(tmp, path)
+    with open(f"{tmp}.json", "w") as f:
+        json.dump(meta.__dict__, f, indent=2)
+    os.replace(f"{tmp}.json", f"{path}.json")
+    return meta
+
+
+def load_token_stream(path: str | os.PathLike) -> tuple[np.ndarray, StreamMeta]:
+    """Memory-map a token stream written by `write_token_stream`."""
+    sidecar = f"{path}.json"
+    if not os.path.exists(path) or not os.path.exists(sidecar):
+        raise ValueError(f"token stream {path} or its sidecar {sidecar} is missing")
+    with open(sidecar) as f:
+        meta = StreamMeta(**json.load(f))
+    expected = meta.num_tokens * np.dtype(meta.dtype).itemsize
+    if os.path.getsize(path) != expected:
+        raise ValueError(f"{path}: size {os.path.getsize(path)} bytes, sidecar promises {expected}")
+    if meta.num_tokens == 0:
+        return np.zeros(0, dtype=meta.dtype), meta
+    return np.memmap(path, dtype=meta.dtype, mode="r"), meta
+
+
+def check_block_size(data: np.ndarray, block_size: int, name: str) -> None:
+    if len(data) < block_size + 2:
+        raise ValueError(f"block_size={block_size} is larger than the {name} data ({len(data)} tokens)")
+
+
+def get_batch(
+    data: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows: x (B, T) and next-token targets y (B, T), int64 on the CPU."""
+    starts = torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator).numpy()
+    index = starts[:, None] + np.arange(block_size + 1)  # (B, T+1)
+    window = torch.from_numpy(data[index].astype(np.int64))  # (B, T+1)
+    return window[:, :-1], window[:, 1:]
+
+
+def eval_window_starts(num_tokens: int, block_size: int, num_windows: int) -> np.ndarray:
+    """Evenly spaced window starts: the same windows on every call, covering the whole stream."""
+    last = num_tokens - block_size - 1
+    if last < 0:
+        raise ValueError(f"block_size={block_size} is larger than the evaluation data ({num_tokens} tokens)")
+    count = min(num_windows, last + 1)
+    return np.linspace(0, last, count).round().astype(np.int64)
+
+
+def iter_eval_batches(
+    data: np.ndarray, batch_size: int, block_size: int, num_windows: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    starts = eval_window_starts(len(data), block_size, num_windows)
+    for i in range(0, len(starts), batch_size):
+        index = starts[i : i + batch_size, None] + np.arange(block_size + 1)  # (B, T+1)
+        window = torch.from_numpy(data[index].astype(np.int64))
+        yield window[:, :-1], window[:, 1:]
+
+
+@dataclass(frozen=True)
+class LabeledExamples:
+    """Tokenized labeled texts: one id list per example."""
+
+    ids: list[list[int]]
+    labels: list[int]
+
+    def __post_init__(self) -> None:
+        if len(self.ids) != len(self.labels):
+            raise ValueError(f"{len(self.ids)} texts but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def pad_batch(
+    examples: LabeledExamples, indices: Sequence[int], pad_id: int, max_len: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids (B, T), lengths (B,), labels (B,). Texts are cut to `max_len` tokens."""
+    rows = [examples.ids[i][:max_len] or [pad_id] for i in indices]
+    width = max(len(r) for r in rows)
+    idx = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for b, row in enumerate(rows):
+        idx[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    labels = torch.tensor([examples.labels[i] for i in indices], dtype=torch.long)
+    return idx, lengths, labels
+
+
+def get_labeled_batch(
+    examples: LabeledExamples, batch_size: int, pad_id: int, max_len: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    indices = torch.randint(len(examples), (batch_size,), generator=generator).tolist()
+    return pad_batch(examples, indices, pad_id, max_len)
+
+
+def iter_labeled_batches(
+    examples: LabeledExamples, batch_size: int, pad_id: int, max_len: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Every example once, in order, sorted into batches by position (deterministic)."""
+    for start in range(0, len(examples), batch_size):
+        yield pad_batch(examples, range(start, min(start + batch_size, len(examples))), pad_id, max_len)

@@ -1,0 +1,52 @@
+"""Sequence classification: a linear head on pooled hidden states of any backbone.
+
+Pooling respects padding: `mean` averages only real tokens, `last` takes the last real token
+(the one that has seen the whole text in a causal model).
+
+Shapes: B batch, T time, C backbone width, K num_classes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn as nn
+
+
+class SequenceClassifier(nn.Module):
+    def __init__(
+        self, backbone: nn.Module, num_classes: int, pooling: Literal["mean", "last"] = "mean", dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        if pooling not in ("mean", "last"):
+            raise ValueError(f"pooling must be 'mean' or 'last', got {pooling!r}")
+        self.backbone = backbone
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(backbone.n_embd, num_classes)
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, idx: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, K) for right-padded ids (B, T) with true lengths (B,)."""
+        h = self.backbone.features(idx)  # (B, T, C)
+        positions = torch.arange(idx.size(1), device=idx.device)  # (T,)
+        if self.pooling == "mean":
+            mask = (positions[None, :] < lengths[:, None]).to(h.dtype)  # (B, T)
+            pooled = (h * mask[:, :, None]).sum(1) / lengths[:, None].clamp(min=1).to(h.dtype)  # (B, C)
+        else:
+            pooled = h[torch.arange(idx.size(0), device=idx.device), (lengths - 1).clamp(min=0)]  # (B, C)
+        return self.head(self.dropout(pooled))
+
+    def freeze_backbone(self) -> None:
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        return self.backbone.num_params(non_embedding) + sum(p.numel() for p in self.head.parameters())
+
+    def flops_per_token(self) -> float:
+        return self.backbone.flops_per_token()

@@ -1,0 +1,97 @@
+"""Recurrent language models: multi-layer LSTM or GRU over token embeddings.
+
+The output head is tied to the embedding when n_embd == n_hidden; otherwise a projection maps
+the hidden state down to n_embd first so the head can still be tied. Generation carries the
+hidden state forward instead of recomputing the prefix.
+
+Shapes: B batch, T time, E n_embd, H n_hidden, L n_layer, V vocab_size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+
+RecurrentState = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
+
+
+@dataclass(frozen=True)
+class RecurrentConfig:
+    cell: Literal["lstm", "gru"] = "lstm"
+    vocab_size: int = 4096
+    n_layer: int = 2
+    n_embd: int = 128
+    n_hidden: int = 256
+    dropout: float = 0.0
+    # Training windows; recurrent models have no hard context limit, this sizes the batches.
+    block_size: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "n_layer", "n_embd", "n_hidden", "block_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+class RecurrentLM(nn.Module):
+    def __init__(self, config: RecurrentConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.n_embd = config.n_hidden
+        rnn_class = nn.LSTM if config.cell == "lstm" else nn.GRU
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.rnn = rnn_class(
+            config.n_embd,
+            config.n_hidden,
+            num_layers=config.n_layer,
+            dropout=config.dropout if config.n_layer > 1 else 0.0,
+            batch_first=True,
+        )
+        self.down = nn.Linear(config.n_hidden, config.n_embd, bias=False) if config.n_hidden != config.n_embd else None
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=True)
+        self.lm_head.weight = self.wte.weight  # tied input/output embeddings
+        nn.init.normal_(self.wte.weight, mean=0.0, std=0.02)
+        nn.init.zeros_(self.lm_head.bias)
+
+    def _run(self, idx: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState]:
+        x = self.drop(self.wte(idx))  # (B, T, E)
+        h, state = self.rnn(x, state)  # (B, T, H)
+        return self.drop(h), state
+
+    def features(self, idx: torch.Tensor) -> torch.Tensor:
+        """Hidden states of the top layer (B, T, H)."""
+        return self._run(idx, None)[0]
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        if self.down is not None:
+            h = self.down(h)  # (B, T, E)
+        return self.lm_head(h)  # (B, T, V)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, V) for token ids (B, T)."""
+        return self._head(self.features(idx))
+
+    def init_state(self, batch_size: int) -> RecurrentState:
+        return None
+
+    def forward_step(self, idx: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState]:
+        """Logits (B, T, V) of new tokens continuing from `state`, and the new state."""
+        h, state = self._run(idx, state)
+        return self._head(h), state
+
+    @property
+    def context_length(self) -> int | None:
+        return None
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self) -> float:
+        # Every weight does one multiply-add per token forward and two backward (6 FLOPs); the
+        # tied embedding is counted once, for its use as the output head.
+        return 6 * self.num_params()

@@ -1,0 +1,141 @@
+"""Tokenizers: byte-level BPE and character level, both stored as a Hugging Face tokenizer.json.
+
+Both are `tokenizers.Tokenizer` objects underneath, so `tokenizers.Tokenizer.from_file` opens
+what `TextTokenizer.save` writes. Large inputs are encoded in batches of lines, because one big
+`encode` call runs on a single thread and is about 2.5x slower.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+UNK_TOKEN = "<unk>"
+ENCODE_BATCH_LINES = 4096
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    kind: Literal["bpe", "char"] = "bpe"
+    vocab_size: int = 4096  # bpe only; a char vocabulary is whatever the training text holds
+    min_frequency: int = 2
+    special_tokens: list[str] = field(default_factory=lambda: ["<|endoftext|>", "<|pad|>"])
+    eot_token: str = "<|endoftext|>"
+    pad_token: str = "<|pad|>"
+
+    def __post_init__(self) -> None:
+        if self.kind == "bpe" and self.vocab_size < 256 + len(self.special_tokens):
+            raise ValueError(
+                f"tokenizer.vocab_size={self.vocab_size} is below the 256 byte symbols plus "
+                f"{len(self.special_tokens)} special tokens"
+            )
+        if self.min_frequency < 1:
+            raise ValueError(f"tokenizer.min_frequency must be >= 1, got {self.min_frequency}")
+        for name in ("eot_token", "pad_token"):
+            token = getattr(self, name)
+            if token not in self.special_tokens:
+                raise ValueError(f"tokenizer.{name}={token!r} is not listed in tokenizer.special_tokens")
+
+
+class TextTokenizer:
+    """A thin typed face over `tokenizers.Tokenizer` with the ids training needs."""
+
+    def __init__(self, tokenizer: Tokenizer, eot_token: str, pad_token: str) -> None:
+        self.tokenizer = tokenizer
+        self.eot_token = eot_token
+        self.pad_token = pad_token
+        eot_id, pad_id = tokenizer.token_to_id(eot_token), tokenizer.token_to_id(pad_token)
+        if eot_id is None or pad_id is None:
+            raise ValueError(f"tokenizer has no id for {eot_token!r} or {pad_token!r}")
+        self.eot_id: int = eot_id
+        self.pad_id: int = pad_id
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def encode_to_array(self, text: str, dtype: np.dtype = np.dtype(np.int64)) -> np.ndarray:
+        """Encode a large text by lines in batches; the result decodes back to `text` exactly."""
+        chunks = []
+        lines = text.splitlines(keepends=True)
+        for start in range(0, len(lines), ENCODE_BATCH_LINES):
+            for ids in self.encode_batch(lines[start : start + ENCODE_BATCH_LINES]):
+                chunks.append(np.asarray(ids, dtype=dtype))
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=dtype)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def save(self, path: str | os.PathLike) -> None:
+        tmp = f"{path}.tmp"
+        self.tokenizer.save(tmp)
+        os.replace(tmp, path)
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.tokenizer.to_str().encode()).hexdigest()
+
+
+def train_tokenizer(texts: Iterable[str], config: TokenizerConfig) -> TextTokenizer:
+    """Train a tokenizer on an iterator of documents (train split only)."""
+    if config.kind == "bpe":
+        tokenizer = _train_bpe(texts, config)
+    else:
+        tokenizer = _train_char(texts, config)
+    return TextTokenizer(tokenizer, config.eot_token, config.pad_token)
+
+
+def load_tokenizer(
+    path: str | os.PathLike, eot_token: str = "<|endoftext|>", pad_token: str = "<|pad|>"
+) -> TextTokenizer:
+    if not os.path.exists(path):
+        raise ValueError(f"tokenizer file not found: {path}")
+    return TextTokenizer(Tokenizer.from_file(str(path)), eot_token, pad_token)
+
+
+def _train_bpe(texts: Iterable[str], config: TokenizerConfig) -> Tokenizer:
+    # add_prefix_space=False keeps decode(encode(s)) == s for every string.
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=config.vocab_size,
+        min_frequency=config.min_frequency,
+        special_tokens=list(config.special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_lines(texts), trainer=trainer)
+    return tokenizer
+
+
+def _train_char(texts: Iterable[str], config: TokenizerConfig) -> Tokenizer:
+    # A BPE model with no merges splits every word into single characters. Characters never seen
+    # in training map to the explicit <unk> token, so decoding them shows where data was lost.
+    alphabet: set[str] = set()
+    for text in texts:
+        alphabet.update(text)
+    specials = [*config.special_tokens, *([UNK_TOKEN] if UNK_TOKEN not in config.special_tokens else [])]
+    vocab = {token: i for i, token in enumerate(specials)}
+    for ch in sorted(alphabet):
+        vocab.setdefault(ch, len(vocab))
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK_TOKEN, ignore_merges=True))
+    tokenizer.add_special_tokens(specials)
+    tokenizer.decoder = decoders.Fuse()
+    return tokenizer
+
+
+def _lines(texts: Iterable[str]) -> Iterator[str]:
+    for text in texts:
+        yield from text.splitlines(keepends=True)

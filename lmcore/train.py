@@ -1,0 +1,359 @@
+"""The one training loop, used by pretraining and by finetuning (language model or classifier).
+
+`train` reads top to bottom: learning rate, evaluation and checkpoint when due, forward and
+backward over micro-batches, clip, step, log. What differs between tasks comes in as plain
+callables: `get_batch(generator)`, `compute_loss(model, batch)` and `evaluate(model)`.
+
+Every micro-batch draws from its own generator seeded by (seed, step, slot), so a resumed run
+and a data-parallel run see exactly the batches of an uninterrupted single-process run with the
+same global batch. Under torchrun the same function runs DDP (NCCL on GPUs, gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lmcore.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+
+logger = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, ...]
+LogFn = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_steps: int = 1000
+    batch_size: int = 32  # per rank and micro-step
+    grad_accum_steps: int = 1
+    learning_rate: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    lr_decay_steps: int = 0  # steps of cosine decay to min_lr; 0 means max_steps
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 turns clipping off
+    eval_interval: int = 250
+    checkpoint_interval: int = 250
+    log_interval: int = 10
+    seed: int = 1337
+    device: str = "auto"  # auto: cuda, then mps, then cpu
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 elsewhere
+    compile: bool = False
+    early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0 is off
+    early_stopping_metric: str = "loss"
+    early_stopping_mode: Literal["min", "max"] = "min"
+    peak_flops: float = 0.0  # for MFU; 0 measures a matmul on the device once per process
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_steps",
+            "batch_size",
+            "grad_accum_steps",
+            "eval_interval",
+            "checkpoint_interval",
+            "log_interval",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if self.learning_rate <= 0 or self.min_lr < 0 or self.min_lr > self.learning_rate:
+            raise ValueError(
+                f"train.learning_rate={self.learning_rate} and train.min_lr={self.min_lr} need 0 <= min_lr <= learning_rate"
+            )
+        if self.warmup_steps < 0 or self.lr_decay_steps < 0:
+            raise ValueError("train.warmup_steps and train.lr_decay_steps must be >= 0")
+        if self.early_stopping_patience < 0:
+            raise ValueError(f"train.early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
+
+
+@dataclass
+class TrainResult:
+    step: int
+    train_loss: float
+    eval_metrics: dict[str, float]
+    best_metric: float | None
+    stopped_early: bool
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def get_lr(step: int, config: TrainConfig) -> float:
+    """Linear warmup to learning_rate, then cosine decay to min_lr, then flat."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    decay_steps = config.lr_decay_steps or config.max_steps
+    if step >= decay_steps:
+        return config.min_lr
+    progress = (step - config.warmup_steps) / max(1, decay_steps - config.warmup_steps)
+    return config.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.learning_rate - config.min_lr)
+
+
+def batch_generator(seed: int, step: int, slot: int) -> torch.Generator:
+    """The generator of one micro-batch: a pure function of (seed, step, slot)."""
+    return torch.Generator().manual_seed(hash((seed, step, slot)) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type != "cuda":
+            return torch.float32  # bf16 autocast on CPU was 12% slower at these sizes
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+_PEAK_CACHE: dict[tuple[str, torch.dtype], float] = {}
+
+
+def measure_peak_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 3) -> float:
+    """Best observed dense matmul FLOP/s on `device` in `dtype`: the MFU denominator."""
+    key = (str(device), dtype)
+    if key not in _PEAK_CACHE:
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        b = torch.randn(size, size, device=device, dtype=dtype)
+        best = float("inf")
+        for _ in range(repeats + 1):  # the first call warms up
+            _synchronize(device)
+            start = time.perf_counter()
+            a @ b
+            _synchronize(device)
+            best = min(best, time.perf_counter() - start)
+        _PEAK_CACHE[key] = 2 * size**3 / best
+    return _PEAK_CACHE[key]
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
+    """(rank, world_size, device); joins the process group when launched by torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1, resolve_device(device_name)
+    local_rank = int(os.environ["LOCAL_RANK"])
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world_size, device
+
+
+def lm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Mean next-token cross-entropy for (x, y) batches."""
+    x, y = batch
+    logits = model(x)  # (B, T, V)
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+
+
+def classification_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    idx, lengths, labels = batch
+    return F.cross_entropy(model(idx, lengths).float(), labels)
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    # Matrices and embeddings decay; biases and norm gains do not.
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.beta1, config.beta2), **fast)
+
+
+def train(
+    model: nn.Module,
+    config: TrainConfig,
+    get_batch: Callable[[torch.Generator], Batch],
+    compute_loss: Callable[[nn.Module, Batch], torch.Tensor] = lm_loss,
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    log: LogFn | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_extra: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train `model` in place for `config.max_steps` optimizer steps; resume from checkpoint_dir."""
+    rank, world_size, device = setup_distributed(config.device)
+    is_master = rank == 0
+    dtype = resolve_dtype(config.dtype, device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    log = log if (log is not None and is_master) else (lambda step, metrics: None)
+    torch.manual_seed(config.seed + rank)
+
+    raw_model = model.to(device)
+    optimizer = build_optimizer(raw_model, config, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    step, last_eval_step, best_metric, bad_evals, best_state = 0, -1, None, 0, None
+    checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if checkpoint_path is not None and checkpoint_path.exists():
+        state = load_checkpoint(checkpoint_path)
+        raw_model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        step, last_eval_step = state["step"], state["last_eval_step"]
+        best_metric, bad_evals, best_state = state["best_metric"], state["bad_evals"], state["best_model"]
+        torch.set_rng_state(state["rng_cpu"][rank] if rank < len(state["rng_cpu"]) else state["rng_cpu"][0])
+        if device.type == "cuda" and state.get("rng_cuda"):
+            torch.cuda.set_rng_state(state["rng_cuda"][min(rank, len(state["rng_cuda"]) - 1)], device)
+        logger.info("resumed from %s at step %d", checkpoint_path, step)
+    model = torch.compile(raw_model) if config.compile else raw_model
+    if world_size > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    peak_flops = config.peak_flops or measure_peak_flops(device, dtype)
+    flops_per_token = raw_model.flops_per_token() if hasattr(raw_model, "flops_per_token") else 0.0
+
+    def run_eval() -> dict[str, float]:
+        raw_model.eval()
+        with torch.no_grad(), autocast_context(device, dtype):
+            metrics = evaluate(raw_model)
+        raw_model.train()
+        return metrics
+
+    def write_checkpoint() -> None:
+        rng_cpu = [torch.get_rng_state()]
+        if world_size > 1:
+            gathered: list[Any] = [None] * world_size
+            dist.all_gather_object(gathered, rng_cpu[0])
+            rng_cpu = gathered
+        if checkpoint_path is None or not is_master:
+            return
+        save_checkpoint(
+            checkpoint_path,
+            {
+                "model": raw_model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "step": step,
+                "last_eval_step": last_eval_step,
+                "best_metric": best_metric,
+                "bad_evals": bad_evals,
+                "best_model": best_state,
+                "rng_cpu": rng_cpu,
+                "rng_cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else [],
+                "config": {k: v for k, v in config.__dict__.items()},
+                **(checkpoint_extra or {}),
+            },
+        )
+
+    eval_metrics: dict[str, float] = {}
+    train_loss, stopped_early = float("nan"), False
+    tokens_since_log, steps_since_log, time_since_log = 0, 0, 0.0
+    raw_model.train()
+    while True:
+        final = step >= config.max_steps
+        if (
+            evaluate is not None
+            and step != last_eval_step
+            and (final or (step > 0 and step % config.eval_interval == 0))
+        ):
+            eval_metrics = run_eval()
+            last_eval_step = step
+            log(step, {f"val/{k}": v for k, v in eval_metrics.items()})
+            if config.early_stopping_patience:
+                value = eval_metrics[config.early_stopping_metric]
+                better = best_metric is None or (
+                    value < best_metric if config.early_stopping_mode == "min" else value > best_metric
+                )
+                if better:
+                    best_metric, bad_evals = value, 0
+                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in raw_model.state_dict().items()}
+                else:
+                    bad_evals += 1
+                    stopped_early = bad_evals >= config.early_stopping_patience
+        if final or stopped_early or (step > 0 and step % config.checkpoint_interval == 0):
+            write_checkpoint()
+        if final or stopped_early:
+            break
+
+        t0 = time.perf_counter()
+        lr = get_lr(step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=device)
+        tokens = 0
+        for micro_step in range(config.grad_accum_steps):
+            batch = get_batch(batch_generator(config.seed, step, rank * config.grad_accum_steps + micro_step))
+            batch = tuple(t.to(device, non_blocking=True) for t in batch)
+            tokens += batch[0].numel()
+            sync = world_size == 1 or micro_step == config.grad_accum_steps - 1
+            with contextlib.nullcontext() if sync else model.no_sync(), autocast_context(device, dtype):
+                loss = compute_loss(model, batch) / config.grad_accum_steps
+            scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+        if world_size > 1:
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+        train_loss = loss_sum.item()
+        if not math.isfinite(train_loss):
+            optimizer.zero_grad(set_to_none=True)
+            raise TrainingDivergedError(
+                f"loss is {train_loss} at step {step}; training stopped, the last good checkpoint"
+                f" ({checkpoint_path or 'none written'}) is kept"
+            )
+        scaler.unscale_(optimizer)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip if config.grad_clip > 0 else float("inf"))
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        _synchronize(device)
+        tokens_since_log += tokens * world_size
+        steps_since_log += 1
+        time_since_log += time.perf_counter() - t0
+        if step % config.log_interval == 0 or step == config.max_steps:
+            tokens_per_sec = tokens_since_log / time_since_log
+            log(
+                step,
+                {
+                    "train/loss": train_loss,
+                    "train/lr": lr,
+                    "train/grad_norm": float(grad_norm),
+                    "train/tokens_per_sec": tokens_per_sec,
+                    "train/step_ms": 1000 * time_since_log / steps_since_log,
+                    "train/mfu": flops_per_token * tokens_per_sec / (peak_flops * world_size),
+                },
+            )
+            tokens_since_log, steps_since_log, time_since_log = 0, 0, 0.0
+
+    if config.early_stopping_patience and best_state is not None:
+        raw_model.load_state_dict(best_state)  # finetuning keeps the best validated weights
+    return TrainResult(step, train_loss, eval_metrics, best_metric, stopped_early)
