@@ -66,7 +66,7 @@ class TextTokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
-    def encode_to_array(self, text: str, dtype: np.dtype = np.dtype(np.int64)) -> np.ndarray:
+    def encode_to_array(self, text: str, dtype: type = np.int64) -> np.ndarray:
         """Encode a large text by lines in batches; the result decodes back to `text` exactly."""
         chunks = []
         lines = text.splitlines(keepends=True)
@@ -89,10 +89,7 @@ class TextTokenizer:
 
 def train_tokenizer(texts: Iterable[str], config: TokenizerConfig) -> TextTokenizer:
     """Train a tokenizer on an iterator of documents (train split only)."""
-    if config.kind == "bpe":
-        tokenizer = _train_bpe(texts, config)
-    else:
-        tokenizer = _train_char(texts, config)
+    tokenizer = _train_bpe(texts, config) if config.kind == "bpe" else _train_char(texts, config)
     return TextTokenizer(tokenizer, config.eot_token, config.pad_token)
 
 
