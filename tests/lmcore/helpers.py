@@ -1,0 +1,38 @@
+"""Tiny models and data shared by the lmcore tests (2 layers, 32 wide)."""
+
+import numpy as np
+
+from lmcore.models import build_model, build_model_config
+
+VOCAB = 48
+TINY = {
+    "gpt": {"vocab_size": VOCAB, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32},
+    "gpt_classic": {
+        "vocab_size": VOCAB,
+        "block_size": 16,
+        "n_layer": 2,
+        "n_head": 2,
+        "n_embd": 32,
+        "norm": "layernorm",
+        "position": "learned",
+        "mlp": "gelu",
+        "bias": True,
+    },
+    "gpt_swiglu": {"vocab_size": VOCAB, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32, "mlp": "swiglu"},
+    "lstm": {"vocab_size": VOCAB, "block_size": 16, "n_layer": 2, "n_embd": 32, "n_hidden": 32},
+    "gru": {"vocab_size": VOCAB, "block_size": 16, "n_layer": 2, "n_embd": 32, "n_hidden": 48},
+}
+ARCH_OF = {"gpt": "gpt", "gpt_classic": "gpt", "gpt_swiglu": "gpt", "lstm": "lstm", "gru": "gru"}
+
+
+def tiny_model(name: str, **overrides):
+    arch = ARCH_OF[name]
+    return build_model(arch, build_model_config(arch, {**TINY[name], **overrides}))
+
+
+def token_stream(n: int = 4000, seed: int = 0) -> np.ndarray:
+    """A learnable stream: a repeating pattern with noise."""
+    rng = np.random.default_rng(seed)
+    base = np.tile(np.arange(VOCAB // 2), n // (VOCAB // 2) + 1)[:n]
+    noise = rng.random(n) < 0.1
+    return np.where(noise, rng.integers(0, VOCAB, n), base).astype(np.uint16)

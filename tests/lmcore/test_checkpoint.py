@@ -1,0 +1,62 @@
+import argparse
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import lmcore.checkpoint as checkpoint
+from lmcore.checkpoint import export_model, load_checkpoint, load_model, save_checkpoint
+from lmcore.models import SequenceClassifier
+from tests.lmcore.helpers import TINY, tiny_model
+
+
+def test_crash_mid_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"step": 1, "w": torch.ones(3)})
+
+    def crashing_save(obj, f):
+        f.write(b"partial garbage")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", crashing_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"step": 2, "w": torch.zeros(3)})
+    monkeypatch.undo()
+    state = load_checkpoint(path)
+    assert state["step"] == 1 and torch.equal(state["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_checkpoint_refuses_pickled_objects(tmp_path):
+    torch.save({"x": argparse.Namespace(payload="arbitrary object")}, tmp_path / "bad.pt")
+    with pytest.raises(Exception, match="[Ww]eights only"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("name", ["gpt", "lstm", "gru"])
+def test_export_and_load_round_trip(tmp_path, name):
+    model = tiny_model(name).eval()
+    arch = {"gpt": "gpt", "lstm": "lstm", "gru": "gru"}[name]
+    export_model(tmp_path / "m", model, arch, TINY[name], extra={"tokenizer_sha256": "abc"})
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["tokenizer_sha256"] == "abc"
+    assert load_file(str(tmp_path / "m" / "model.safetensors"))  # plain safetensors, readable alone
+    loaded, config = load_model(tmp_path / "m")
+    idx = torch.randint(0, 48, (2, 8))
+    with torch.no_grad():
+        assert torch.equal(model(idx), loaded(idx))
+    assert config["arch"] == arch
+
+
+def test_export_classifier(tmp_path):
+    model = SequenceClassifier(tiny_model("gpt"), 3, pooling="last").eval()
+    export_model(tmp_path / "c", model, "gpt", TINY["gpt"])
+    loaded, _ = load_model(tmp_path / "c")
+    idx, lengths = torch.randint(0, 48, (2, 8)), torch.tensor([8, 5])
+    with torch.no_grad():
+        assert torch.equal(model(idx, lengths), loaded(idx, lengths))
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(ValueError, match="config.json is missing"):
+        load_model(tmp_path)

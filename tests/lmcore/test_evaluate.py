@@ -1,0 +1,47 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lmcore.evaluate import bootstrap_accuracy, classification_metrics, evaluate_lm
+from tests.lmcore.helpers import VOCAB, tiny_model, token_stream
+
+
+def test_lm_metrics_are_deterministic_and_consistent():
+    model = tiny_model("gpt").eval()
+    data = token_stream(2000)
+    a = evaluate_lm(model, data, 16, batch_size=7, num_windows=50, bytes_per_token=2.0)
+    b = evaluate_lm(model, data, 16, batch_size=13, num_windows=50, bytes_per_token=2.0)
+    assert a == pytest.approx(b)
+    assert a["perplexity"] == pytest.approx(math.exp(a["loss"]))
+    assert a["bits_per_byte"] == pytest.approx(a["loss"] / math.log(2) / 2.0)
+    assert 0 <= a["top1_accuracy"] <= a["top5_accuracy"] <= 1
+    assert a["loss"] == pytest.approx(math.log(VOCAB), abs=0.3)  # untrained: near uniform
+
+
+def test_uniform_model_has_exact_loss():
+    model = tiny_model("lstm").eval()
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+        model.lm_head.bias.zero_()
+    metrics = evaluate_lm(model, token_stream(500), 16, num_windows=10)
+    assert metrics["loss"] == pytest.approx(math.log(VOCAB), rel=1e-5)
+
+
+def test_classification_metrics():
+    m = classification_metrics(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 0]), 3)
+    assert m["accuracy"] == pytest.approx(0.6)
+    assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    # F1 per class: 0.5, 0.8, 0.0
+    assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+
+
+def test_bootstrap_interval_and_paired_difference():
+    rng = np.random.default_rng(0)
+    correct = rng.random(872) < 0.8
+    baseline = rng.random(872) < 0.5
+    r = bootstrap_accuracy(correct, baseline, seed=1)
+    assert r["ci_low"] < r["accuracy"] < r["ci_high"]
+    assert 0.02 < r["ci_high"] - r["ci_low"] < 0.07  # about +-1.4 points at n=872
+    assert r["diff_ci_low"] > 0.2 and r == bootstrap_accuracy(correct, baseline, seed=1)

@@ -1,0 +1,78 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lmcore.checkpoint import export_model
+from lmcore.generate import generate, sample_next
+from lmcore.tokenizer import TokenizerConfig, train_tokenizer
+from tests.lmcore.helpers import TINY, tiny_model
+
+
+@pytest.mark.parametrize("name", ["gpt", "gpt_classic", "lstm", "gru"])
+def test_generation_is_deterministic_with_a_seed(name):
+    model = tiny_model(name)
+    a = generate(model, [1, 2, 3], 30, temperature=1.0, top_k=10, top_p=0.9, seed=5)
+    b = generate(model, [1, 2, 3], 30, temperature=1.0, top_k=10, top_p=0.9, seed=5)
+    c = generate(model, [1, 2, 3], 30, temperature=1.0, top_k=10, top_p=0.9, seed=6)
+    assert a == b and len(a) == 30 and a != c
+
+
+def test_greedy_generation_with_cache_matches_recomputing_the_prefix():
+    model = tiny_model("gpt").eval()
+    tokens = [3, 1, 4]
+    out = generate(model, tokens, 10, temperature=0)
+    for token in out:
+        with torch.no_grad():
+            assert int(model(torch.tensor([tokens]))[0, -1].argmax()) == token
+        tokens.append(token)
+
+
+def test_gpt_generation_beyond_block_size_slides_the_window():
+    assert len(generate(tiny_model("gpt"), [1], 40, seed=0)) == 40  # block_size is 16
+
+
+def test_stops_at_end_of_text():
+    model = tiny_model("lstm")
+    with torch.no_grad():
+        model.lm_head.bias.fill_(-1e4)
+        model.lm_head.bias[0] = 1e4
+    assert generate(model, [5], 20, eot_id=0) == []
+
+
+def test_top_k_and_top_p_filter():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.tensor([5.0, 4.0, 0.0, -1.0])
+    assert {sample_next(logits, 1.0, 1, 1.0, g) for _ in range(50)} == {0}
+    assert {sample_next(logits, 1.0, 0, 0.5, g) for _ in range(50)} == {0}
+    assert {sample_next(logits, 1.0, 2, 1.0, g) for _ in range(200)} == {0, 1}
+
+
+def test_command_line_samples_from_a_model_folder(tmp_path):
+    tokenizer = train_tokenizer(["abcdefg hij\n" * 20], TokenizerConfig(kind="char"))
+    tokenizer.save(tmp_path / "tokenizer.json")
+    config = {**TINY["gpt"], "vocab_size": tokenizer.vocab_size}
+    export_model(
+        tmp_path / "model",
+        tiny_model("gpt", vocab_size=tokenizer.vocab_size),
+        "gpt",
+        config,
+        tmp_path / "tokenizer.json",
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmcore",
+        "generate",
+        "--model",
+        str(tmp_path / "model"),
+        "--prompt",
+        "abc",
+        "--max-new-tokens",
+        "12",
+        "--seed",
+        "3",
+    ]
+    first = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    assert first.startswith("abc") and first == subprocess.run(cmd, capture_output=True, text=True, check=True).stdout

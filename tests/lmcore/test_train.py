@@ -1,0 +1,181 @@
+import pytest
+import torch
+
+from lmcore.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from lmcore.data import LabeledExamples, get_batch, get_labeled_batch
+from lmcore.evaluate import evaluate_lm
+from lmcore.models import SequenceClassifier
+from lmcore.train import TrainConfig, TrainingDivergedError, classification_loss, get_lr, lm_loss, train
+from tests.lmcore.helpers import tiny_model, token_stream
+
+DATA = token_stream()
+BASE = TrainConfig(
+    max_steps=20,
+    batch_size=4,
+    learning_rate=3e-3,
+    min_lr=3e-4,
+    warmup_steps=3,
+    eval_interval=5,
+    checkpoint_interval=5,
+    log_interval=1,
+    peak_flops=1e9,
+)
+
+
+def lm_batches(generator):
+    return get_batch(DATA, 4, 16, generator)
+
+
+def run(model, config=BASE, **kwargs):
+    logs = []
+    result = train(model, config, lm_batches, lm_loss, log=lambda step, m: logs.append((step, m)), **kwargs)
+    return result, logs
+
+
+def test_get_lr_warmup_then_cosine():
+    cfg = TrainConfig(max_steps=100, learning_rate=1.0, min_lr=0.1, warmup_steps=10)
+    assert get_lr(0, cfg) == pytest.approx(0.1)
+    assert get_lr(9, cfg) == pytest.approx(1.0)
+    assert get_lr(55, cfg) == pytest.approx(0.55)
+    assert get_lr(100, cfg) == pytest.approx(0.1)
+
+
+def test_training_reduces_validation_loss_and_logs_metrics():
+    torch.manual_seed(0)
+    model = tiny_model("gpt")
+    before = evaluate_lm(model, DATA, 16, num_windows=64)["loss"]
+    cfg = TrainConfig(**{**BASE.__dict__, "max_steps": 60})
+    result, logs = run(model, cfg, evaluate=lambda m: evaluate_lm(m, DATA, 16, num_windows=64))
+    assert result.eval_metrics["loss"] < before - 0.5
+    step_metrics = [m for _, m in logs if "train/loss" in m]
+    assert set(step_metrics[-1]) == {
+        "train/loss",
+        "train/lr",
+        "train/grad_norm",
+        "train/tokens_per_sec",
+        "train/step_ms",
+        "train/mfu",
+    }
+    assert all(m["train/tokens_per_sec"] > 0 and m["train/mfu"] > 0 for m in step_metrics)
+    assert [s for s, m in logs if "val/loss" in m] == [5 * i for i in range(1, 13)]
+
+
+@pytest.mark.parametrize("name", ["gpt", "lstm"])
+def test_resume_after_interruption_is_exact(tmp_path, name):
+    cfg = TrainConfig(**{**BASE.__dict__, "max_steps": 16})
+    torch.manual_seed(0)
+    reference = tiny_model(name, dropout=0.1)
+    _, ref_logs = run(reference, cfg, checkpoint_dir=tmp_path / "ref")
+
+    torch.manual_seed(0)
+    calls = {"n": 0}
+
+    def crashing_batches(generator):
+        calls["n"] += 1
+        if calls["n"] == 13:  # step 12, after the checkpoint at step 10
+            raise KeyboardInterrupt
+        return lm_batches(generator)
+
+    interrupted = tiny_model(name, dropout=0.1)
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted, cfg, crashing_batches, lm_loss, checkpoint_dir=tmp_path / "run")
+    assert load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)["step"] == 10
+
+    torch.manual_seed(123)  # a fresh process: nothing carried over but the checkpoint
+    resumed = tiny_model(name, dropout=0.1)
+    _, resumed_logs = run(resumed, cfg, checkpoint_dir=tmp_path / "run")
+    for key, value in reference.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    ref_losses = {s: m["train/loss"] for s, m in ref_logs if s > 10 and "train/loss" in m}
+    assert ref_losses == {s: m["train/loss"] for s, m in resumed_logs if "train/loss" in m}
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    calls = {"n": 0}
+
+    def loss_that_explodes(model, batch):
+        calls["n"] += 1
+        loss = lm_loss(model, batch)
+        return loss * float("nan") if calls["n"] == 8 else loss
+
+    model = tiny_model("gpt")
+    with pytest.raises(TrainingDivergedError, match="loss is nan at step 7"):
+        train(model, BASE, lm_batches, loss_that_explodes, checkpoint_dir=tmp_path)
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert state["step"] == 5
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def make_labeled(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids, labels = [], []
+    for _ in range(n):
+        label = int(torch.randint(2, (1,), generator=g))
+        length = int(torch.randint(3, 12, (1,), generator=g))
+        # class 1 texts contain token 7, class 0 texts token 9
+        row = torch.randint(10, 48, (length,), generator=g).tolist()
+        row[int(torch.randint(length, (1,), generator=g))] = 7 if label else 9
+        ids.append(row)
+        labels.append(label)
+    return LabeledExamples(ids, labels)
+
+
+def test_classifier_finetuning_learns_and_early_stops():
+    from lmcore.evaluate import classification_metrics, predict_classes
+
+    train_set, dev_set = make_labeled(1024, 0), make_labeled(64, 1)
+    model = SequenceClassifier(tiny_model("gpt"), 2)
+
+    def evaluate(m):
+        pred, _ = predict_classes(m, dev_set, pad_id=0, max_len=16)
+        return {"accuracy": classification_metrics(dev_set.labels, pred, 2)["accuracy"]}
+
+    cfg = TrainConfig(
+        max_steps=400,
+        batch_size=16,
+        learning_rate=3e-3,
+        min_lr=3e-4,
+        warmup_steps=5,
+        eval_interval=20,
+        checkpoint_interval=100,
+        early_stopping_patience=3,
+        early_stopping_metric="accuracy",
+        early_stopping_mode="max",
+        peak_flops=1e9,
+    )
+    result = train(model, cfg, lambda g: get_labeled_batch(train_set, 16, 0, 16, g), classification_loss, evaluate)
+    assert result.stopped_early and result.step < 400
+    assert result.best_metric >= 0.9
+    assert evaluate(model.eval())["accuracy"] == result.best_metric  # best weights restored
+
+
+def test_frozen_backbone_trains_only_the_head():
+    model = SequenceClassifier(tiny_model("lstm"), 2)
+    model.freeze_backbone()
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    head_before = model.head.weight.clone()
+    data = make_labeled(32)
+    cfg = TrainConfig(max_steps=5, batch_size=8, warmup_steps=1, peak_flops=1e9)
+    train(model, cfg, lambda g: get_labeled_batch(data, 8, 0, 16, g), classification_loss)
+    assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in before.items())
+    assert not torch.equal(head_before, model.head.weight)
+
+
+def test_grad_accumulation_matches_a_bigger_batch():
+    torch.manual_seed(0)
+    a, b = tiny_model("gpt"), tiny_model("gpt")
+    b.load_state_dict(a.state_dict())
+    data = token_stream()
+    big = TrainConfig(max_steps=3, batch_size=8, warmup_steps=1, peak_flops=1e9)
+    fixed = get_batch(data, 8, 16, torch.Generator().manual_seed(0))
+    calls = {"n": 0}
+
+    def micro(generator):  # the two halves of `fixed`, alternately
+        half = slice(4 * (calls["n"] % 2), 4 * (calls["n"] % 2) + 4)
+        calls["n"] += 1
+        return fixed[0][half], fixed[1][half]
+
+    train(a, big, lambda g: fixed, lm_loss)
+    train(b, TrainConfig(**{**big.__dict__, "batch_size": 4, "grad_accum_steps": 2}), micro, lm_loss)
+    for key, value in a.state_dict().items():
+        assert torch.allclose(value, b.state_dict()[key], atol=1e-5), key
