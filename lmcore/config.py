@@ -31,15 +31,15 @@ def config_from_dict(cls: type[T], values: dict[str, Any], section: str = "", re
             if require_all or not has_default:
                 raise ValueError(f"missing config key '{where}{name}'")
             continue
-        kwargs[name] = _coerce(hints[name], values[name], f"{where}{name}")
+        kwargs[name] = _coerce(hints[name], values[name], f"{where}{name}", require_all)
     return cls(**kwargs)
 
 
-def _coerce(hint: Any, value: Any, key: str) -> Any:
+def _coerce(hint: Any, value: Any, key: str, require_all: bool = False) -> Any:
     """Check `value` against the annotation `hint`; ints are accepted where floats are expected."""
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
-        return config_from_dict(hint, value, key)
+        return config_from_dict(hint, value, key, require_all)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
         if value is None and type(None) in options:
@@ -49,7 +49,7 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             if option is type(None):
                 continue
             try:
-                return _coerce(option, value, key)
+                return _coerce(option, value, key, require_all)
             except ValueError as error:
                 errors.append(str(error))
         raise ValueError(errors[0] if errors else f"config key '{key}' has invalid value {value!r}")
@@ -62,7 +62,7 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"config key '{key}' must be a list, got {value!r}")
         (item_hint, *_) = typing.get_args(hint) or (Any,)
-        items = [_coerce(item_hint, item, f"{key}[{i}]") for i, item in enumerate(value)]
+        items = [_coerce(item_hint, item, f"{key}[{i}]", require_all) for i, item in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):

@@ -144,3 +144,22 @@ def iter_labeled_batches(
     """Every example once, in order, sorted into batches by position (deterministic)."""
     for start in range(0, len(examples), batch_size):
         yield pad_batch(examples, range(start, min(start + batch_size, len(examples))), pad_id, max_len)
+
+
+def save_labeled(path: str | os.PathLike, examples: LabeledExamples, vocab_size: int) -> None:
+    """Labeled examples as one .npz of flat ids, offsets and labels (no pickle)."""
+    lengths = np.array([len(ids) for ids in examples.ids], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    flat = np.fromiter((t for ids in examples.ids for t in ids), dtype=stream_dtype(vocab_size), count=int(lengths.sum()))
+    tmp = f"{path}.tmp.npz"
+    np.savez(tmp, ids=flat, offsets=offsets, labels=np.asarray(examples.labels, dtype=np.int64))
+    os.replace(tmp, path)
+
+
+def load_labeled(path: str | os.PathLike) -> LabeledExamples:
+    if not os.path.exists(path):
+        raise ValueError(f"labeled data {path} is missing")
+    with np.load(path, allow_pickle=False) as f:
+        flat, offsets, labels = f["ids"].astype(np.int64), f["offsets"], f["labels"]
+    ids = [flat[offsets[i] : offsets[i + 1]].tolist() for i in range(len(labels))]
+    return LabeledExamples(ids, labels.tolist())

@@ -1,0 +1,232 @@
+"""Reading raw sources into normalised documents, streamed in chunks.
+
+Sources are local files, folders, globs or http(s) URLs of .txt, .md, .jsonl, .csv, .tsv and
+.parquet, each optionally gzip-compressed. Text is decoded as strict UTF-8 (an error names the
+file and byte offset), the BOM is stripped, CRLF becomes LF and Unicode is NFC-normalised.
+Each document's split comes from a salted hash of its text, so adding documents never moves an
+old one to another split.
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import gzip
+import hashlib
+import io
+import json
+import os
+import unicodedata
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+TEXT_SUFFIXES = (".txt", ".md")
+TABLE_SUFFIXES = (".jsonl", ".csv", ".tsv", ".parquet")
+SUPPORTED = TEXT_SUFFIXES + TABLE_SUFFIXES
+READ_BLOCK = 1 << 20
+
+
+class SourceError(ValueError):
+    """A source that cannot be read; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Record:
+    text: str
+    source: str
+    label: str | None = None
+
+
+def expand_sources(sources: list[str], root: Path) -> list[str]:
+    """Files and URLs named by `sources` (files, folders, globs), in a stable order."""
+    found: list[str] = []
+    for source in sources:
+        if source.startswith(("http://", "https://")):
+            found.append(source)
+            continue
+        path = root / source
+        if any(ch in source for ch in "*?["):
+            matches = sorted(glob.glob(str(path), recursive=True))
+        elif path.is_dir():
+            matches = sorted(str(p) for p in path.rglob("*") if p.is_file() and _base_suffix(p.name) in SUPPORTED)
+        elif path.exists():
+            matches = [str(path)]
+        else:
+            raise SourceError(f"source {source!r} does not exist (looked in {path})")
+        if not matches:
+            raise SourceError(f"source {source!r} matched no files")
+        found.extend(matches)
+    return found
+
+
+def _base_suffix(name: str) -> str:
+    name = name.split("?")[0].lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    return os.path.splitext(name)[1]
+
+
+def _open_binary(location: str) -> io.BufferedIOBase:
+    if location.startswith(("http://", "https://")):
+        try:
+            stream = urllib.request.urlopen(location, timeout=60)  # noqa: S310 (the user names the URL)
+        except OSError as error:
+            raise SourceError(f"{location}: cannot download ({error})") from error
+    else:
+        stream = open(location, "rb")
+    if location.split("?")[0].lower().endswith(".gz"):
+        return gzip.GzipFile(fileobj=stream)
+    return stream
+
+
+def normalise(text: str) -> str:
+    return unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
+
+
+def _iter_decoded(location: str) -> Iterator[str]:
+    """Blocks of strictly decoded text; the BOM is dropped; an error names the byte offset."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="strict")
+    offset, total = 0, 0
+    with _open_binary(location) as stream:
+        while block := stream.read(READ_BLOCK):
+            if b"\x00" in block:
+                nul = offset + block.index(b"\x00")
+                raise SourceError(f"{location}: binary data (NUL byte at offset {nul}), not text")
+            try:
+                text = decoder.decode(block)
+            except UnicodeDecodeError as error:
+                raise SourceError(f"{location}: invalid UTF-8 at byte offset {offset + error.start}") from error
+            offset += len(block)
+            total += len(text)
+            yield text
+        yield decoder.decode(b"", final=True)
+    if offset == 0:
+        raise SourceError(f"{location}: the file is empty")
+
+
+class DecodedStream(io.TextIOBase):
+    """A read-only text stream over decoded blocks (what pandas' chunked readers consume)."""
+
+    def __init__(self, blocks: Iterator[str]) -> None:
+        self._blocks = blocks
+        self._buffer = ""
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self, until: int | None = None, line: bool = False) -> None:
+        while (until is None or len(self._buffer) < until) and not (line and "\n" in self._buffer):
+            block = next(self._blocks, None)
+            if block is None:
+                return
+            self._buffer += block
+
+    def read(self, size: int | None = -1) -> str:
+        self._fill(None if size is None or size < 0 else size)
+        cut = len(self._buffer) if size is None or size < 0 else size
+        out, self._buffer = self._buffer[:cut], self._buffer[cut:]
+        return out
+
+    def readline(self, size: int | None = -1) -> str:
+        self._fill(line=True)
+        end = self._buffer.find("\n") + 1 or len(self._buffer)
+        out, self._buffer = self._buffer[:end], self._buffer[end:]
+        return out
+
+
+def iter_text_documents(location: str, rule: Literal["blank_line", "line", "file"]) -> Iterator[str]:
+    """Documents of a plain-text file, split by `rule`, without holding the whole file."""
+    if rule == "file":
+        yield normalise("".join(_iter_decoded(location)))
+        return
+    pending = ""
+    separator = "\n\n" if rule == "blank_line" else "\n"
+    for block in _iter_decoded(location):
+        pending = normalise(pending + block)
+        *complete, pending = pending.split(separator)
+        yield from complete
+    yield pending
+
+
+def iter_table_rows(location: str, columns: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """Chunks of a .jsonl/.csv/.tsv/.parquet table holding `columns` (as strings)."""
+    suffix = _base_suffix(location)
+    if suffix == ".parquet":
+        with _open_binary(location) as stream:
+            parquet = pq.ParquetFile(io.BytesIO(stream.read()) if location.startswith("http") else stream)
+            _check_columns(location, list(parquet.schema_arrow.names), columns)
+            for batch in parquet.iter_batches(batch_size=chunk_rows, columns=columns):
+                yield batch.to_pandas().astype(str)
+        return
+    # Text tables stream through the strict decoder, so bad bytes name the file and offset.
+    text = DecodedStream(_iter_decoded(location))
+    if suffix == ".jsonl":
+        reader = pd.read_json(text, lines=True, chunksize=chunk_rows, dtype=False)
+    else:
+        sep = "\t" if suffix == ".tsv" else ","
+        reader = pd.read_csv(text, sep=sep, chunksize=chunk_rows, dtype=str, keep_default_na=False, quoting=3 if sep == "\t" else 0)
+    for i, chunk in enumerate(reader):
+        if i == 0:
+            _check_columns(location, [str(c) for c in chunk.columns], columns)
+        yield chunk[columns].astype(str)
+
+
+def _check_columns(location: str, available: list[str], wanted: list[str]) -> None:
+    missing = [c for c in wanted if c not in available]
+    if missing:
+        raise SourceError(f"{location}: missing column {missing[0]!r} (columns: {available})")
+
+
+def iter_records(
+    location: str,
+    rule: Literal["blank_line", "line", "file"],
+    text_field: str,
+    label_field: str | None,
+    chunk_rows: int,
+) -> Iterator[list[Record]]:
+    """Chunks of records from one source, text stripped of surrounding whitespace."""
+    suffix = _base_suffix(location)
+    if suffix not in SUPPORTED:
+        raise SourceError(f"{location}: unsupported file type {suffix!r} (supported: {', '.join(SUPPORTED)})")
+    if suffix in TEXT_SUFFIXES:
+        if label_field is not None:
+            raise SourceError(f"{location}: labeled data must be a table (.jsonl/.csv/.tsv/.parquet)")
+        chunk: list[Record] = []
+        for document in iter_text_documents(location, rule):
+            chunk.append(Record(document.strip("\n"), location))
+            if len(chunk) >= chunk_rows:
+                yield chunk
+                chunk = []
+        yield chunk
+        return
+    columns = [text_field] + ([label_field] if label_field else [])
+    for frame in iter_table_rows(location, columns, chunk_rows):
+        texts = [normalise(t).strip() for t in frame[text_field]]
+        labels = frame[label_field].tolist() if label_field else [None] * len(texts)
+        yield [Record(t, location, lab) for t, lab in zip(texts, labels, strict=True)]
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def assign_split(digest: str, salt: str, validation_fraction: float, test_fraction: float) -> str:
+    """train/validation/test from a salted hash: stable whatever else is in the corpus."""
+    position = int(hashlib.sha256(f"{salt}:{digest}".encode()).hexdigest()[:12], 16) / 16**12
+    if position < test_fraction:
+        return "test"
+    if position < test_fraction + validation_fraction:
+        return "validation"
+    return "train"
+
+
+def json_dump(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,130 @@
+"""Great Expectations adapter: the suites over the ingested tables, Data Docs, and a summary.
+
+The only module that imports great_expectations. Each table is validated as a whole (text,
+ids, labels) and once per split (enough documents and characters for training windows).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+import great_expectations as gx  # noqa: E402
+import pandas as pd  # noqa: E402
+from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
+
+from pipelines.params import ValidateParams  # noqa: E402
+
+logger = logging.getLogger(__name__)
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class Failure:
+    suite: str
+    expectation: str
+    column: str | None
+    unexpected_count: int | None
+    element_count: int | None
+    examples: list[Any]
+    observed: Any
+
+    def describe(self) -> str:
+        where = f" on column '{self.column}'" if self.column else ""
+        counts = f": {self.unexpected_count} of {self.element_count} rows" if self.unexpected_count is not None else ""
+        observed = f" (observed {self.observed})" if self.observed is not None and self.unexpected_count is None else ""
+        examples = f"; examples: {[_short(e) for e in self.examples[:3]]}" if self.examples else ""
+        return f"[{self.suite}] {self.expectation}{where} failed{counts}{observed}{examples}"
+
+
+def _short(value: Any, limit: int = 80) -> Any:
+    return value[:limit] + "..." if isinstance(value, str) and len(value) > limit else value
+
+
+def table_suite(name: str, params: ValidateParams, labels: list[str] | None) -> gx.ExpectationSuite:
+    E = gx.expectations
+    suite = gx.ExpectationSuite(name=name)
+    suite.add_expectation(E.ExpectColumnValuesToNotBeNull(column="text"))
+    suite.add_expectation(E.ExpectColumnValueLengthsToBeBetween(column="text", min_value=params.min_chars, max_value=params.max_chars))
+    suite.add_expectation(E.ExpectColumnValuesToBeUnique(column="doc_id"))
+    # Exact duplicates are dropped at ingest, so a hash seen twice would also sit in two splits.
+    suite.add_expectation(E.ExpectColumnValuesToBeUnique(column="hash"))
+    suite.add_expectation(E.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)))
+    suite.add_expectation(E.ExpectColumnValuesToBeBetween(column="bad_char_fraction", min_value=0.0, max_value=params.max_bad_char_fraction))
+    if labels is not None:
+        suite.add_expectation(E.ExpectColumnValuesToNotBeNull(column="label"))
+        suite.add_expectation(E.ExpectColumnValuesToBeInSet(column="label", value_set=labels))
+    return suite
+
+
+def split_suite(name: str, params: ValidateParams, labels: list[str] | None) -> gx.ExpectationSuite:
+    E = gx.expectations
+    suite = gx.ExpectationSuite(name=name)
+    suite.add_expectation(E.ExpectTableRowCountToBeBetween(min_value=params.min_docs_per_split))
+    suite.add_expectation(E.ExpectColumnSumToBeBetween(column="n_chars", min_value=params.min_chars_per_split))
+    if labels is not None:
+        for label in labels:
+            # share(label) >= min_class_share and share(label) <= max_class_share
+            suite.add_expectation(E.ExpectColumnValuesToBeInSet(column="label", value_set=[label], mostly=params.min_class_share))
+            suite.add_expectation(E.ExpectColumnValuesToNotBeInSet(column="label", value_set=[label], mostly=1 - params.max_class_share))
+    return suite
+
+
+def validate_tables(
+    tables: dict[str, tuple[pd.DataFrame, list[str] | None, list[str]]], params: ValidateParams, docs_dir: Path
+) -> tuple[bool, list[Failure], dict[str, Any]]:
+    """Validate each named table (frame, declared labels or None, splits that must be present).
+
+    Returns (success, failures, the full results as a JSON-ready dict) and writes Data Docs.
+    """
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    context.add_data_docs_site(
+        site_name="local",
+        site_config={
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        },
+    )
+    batch = context.data_sources.add_pandas("ingested").add_dataframe_asset("table").add_batch_definition_whole_dataframe("whole")
+    runs: list[tuple[str, gx.ExpectationSuite, pd.DataFrame]] = []
+    for name, (frame, labels, splits) in tables.items():
+        runs.append((name, table_suite(name, params, labels), frame))
+        for split in splits:
+            runs.append((f"{name}.{split}", split_suite(f"{name}.{split}", params, labels), frame[frame["split"] == split]))
+    failures: list[Failure] = []
+    results: dict[str, Any] = {}
+    for name, suite, frame in runs:
+        suite = context.suites.add(suite)
+        definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
+        checkpoint = context.checkpoints.add(
+            gx.Checkpoint(
+                name=f"check-{name}",
+                validation_definitions=[definition],
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["local"])],
+                result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5},
+            )
+        )
+        outcome = checkpoint.run(batch_parameters={"dataframe": frame})
+        results[name] = outcome.describe_dict()
+        for validation in outcome.run_results.values():
+            for r in validation.results:
+                if not r.success:
+                    failures.append(
+                        Failure(
+                            suite=name,
+                            expectation=r.expectation_config.type,
+                            column=r.expectation_config.kwargs.get("column"),
+                            unexpected_count=r.result.get("unexpected_count"),
+                            element_count=r.result.get("element_count"),
+                            examples=list(r.result.get("partial_unexpected_list") or []),
+                            observed=r.result.get("observed_value"),
+                        )
+                    )
+    return not failures, failures, results

@@ -1,0 +1,182 @@
+"""params.yaml, loaded strictly: every section, every key, before a stage does any work.
+
+The lmcore configs (tokenizer, model, training) are used as they are; the stage-level sections
+are the dataclasses below. An unknown or missing key is a ValueError naming it, so
+`dvc exp run -S model.gpt.n_layr=2` fails instead of adding a silent new key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from lmcore.config import config_from_dict
+from lmcore.models import ARCHITECTURES, build_model_config
+from lmcore.tokenizer import TokenizerConfig
+from lmcore.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS_FILE = "params.yaml"
+
+
+@dataclass(frozen=True)
+class LabeledSource:
+    path: str
+    split: Literal["auto", "train", "validation", "test"]
+
+
+@dataclass(frozen=True)
+class CorpusParams:
+    sources: list[str]
+    document_split: Literal["blank_line", "line", "file"]
+    text_field: str
+    validation_fraction: float
+    test_fraction: float
+
+
+@dataclass(frozen=True)
+class LabeledParams:
+    sources: list[LabeledSource]
+    text_field: str
+    label_field: str
+    labels: list[str]  # raw label values as they appear in the files, in class-index order
+    label_names: list[str]  # human-readable names, same order
+    validation_fraction: float
+
+
+@dataclass(frozen=True)
+class IngestParams:
+    pretrain: CorpusParams
+    labeled: LabeledParams
+    split_salt: str
+    chunk_rows: int
+
+
+@dataclass(frozen=True)
+class ValidateParams:
+    min_chars: int
+    max_chars: int
+    max_bad_char_fraction: float
+    min_docs_per_split: int
+    min_chars_per_split: int
+    min_class_share: float
+    max_class_share: float
+
+
+@dataclass(frozen=True)
+class TokenizerParams:
+    train_on: list[Literal["pretrain", "labeled"]]
+    kind: Literal["bpe", "char"]
+    vocab_size: int
+    min_frequency: int
+    special_tokens: list[str]
+    eot_token: str
+    pad_token: str
+
+    def tokenizer_config(self) -> TokenizerConfig:
+        values = {f.name: getattr(self, f.name) for f in fields(TokenizerConfig)}
+        return TokenizerConfig(**values)
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    arch: str
+    gpt: dict[str, Any]
+    lstm: dict[str, Any]
+    gru: dict[str, Any]
+
+    def config_values(self) -> dict[str, Any]:
+        return getattr(self, self.arch)
+
+
+@dataclass(frozen=True)
+class FinetuneParams:
+    task: Literal["classification", "lm", "lm_then_classification"]
+    init: Literal["pretrained", "scratch"]
+    freeze_backbone: bool
+    pooling: Literal["mean", "last"]
+    max_len: int
+    classifier_dropout: float
+    scratch_baseline: bool
+    lm_steps: int  # language-model steps on the task's own text (task lm / lm_then_classification)
+    train: TrainConfig
+
+
+@dataclass(frozen=True)
+class SampleParams:
+    prompts: list[str]
+    max_new_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    num_windows: int
+    batch_size: int
+    bootstrap_samples: int
+    tfidf_baseline: bool
+    samples: SampleParams
+
+
+@dataclass(frozen=True)
+class TrackingParams:
+    experiment: str
+    register_models: bool
+    lm_model_name: str
+    classifier_model_name: str
+
+
+@dataclass(frozen=True)
+class Params:
+    ingest: IngestParams
+    validate: ValidateParams
+    tokenizer: TokenizerParams
+    model: ModelParams
+    pretrain: TrainConfig
+    finetune: FinetuneParams
+    evaluate: EvaluateParams
+    tracking: TrackingParams
+
+
+def load_params(path: str | Path | None = None) -> Params:
+    """Read and check the whole of params.yaml; errors name the file and the key."""
+    path = Path(path) if path is not None else Path.cwd() / PARAMS_FILE
+    if not path.exists():
+        raise ValueError(f"{path} not found: run stages from the project root")
+    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        sections = [f.name for f in fields(Params)]
+        unknown = sorted(set(raw) - set(sections))
+        if unknown:
+            raise ValueError(f"unknown config key '{unknown[0]}' (known sections: {', '.join(sections)})")
+        params = config_from_dict(Params, raw, require_all=True)
+        if params.model.arch not in ARCHITECTURES:
+            raise ValueError(f"model.arch={params.model.arch!r} is not one of {sorted(ARCHITECTURES)}")
+        for arch in ARCHITECTURES:
+            build_model_config(arch, {**getattr(params.model, arch), "vocab_size": 1}, f"model.{arch}")
+        params.tokenizer.tokenizer_config()
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    return params
+
+
+def load_raw_params(path: str | Path | None = None) -> dict[str, Any]:
+    return yaml.safe_load((Path(path) if path else Path.cwd() / PARAMS_FILE).read_text()) or {}
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict to dotted keys (the form DVC's -S and MLflow's params use)."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

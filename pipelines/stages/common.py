@@ -1,0 +1,136 @@
+"""What every stage shares: output paths, logging, progress display, metric sinks, the entry point."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from lmcore.train import LogFn
+
+OUTPUTS = Path("outputs")
+logger = logging.getLogger("pipelines")
+
+
+def stage_dir(stage: str) -> Path:
+    return OUTPUTS / stage
+
+
+def fresh_dir(out: Path) -> Path:
+    """An empty sibling folder to build a stage's outputs in, before `swap_in`."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def swap_in(tmp: Path, out: Path) -> None:
+    """Replace `out` by the finished `tmp`; until this point the last good outputs stay."""
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage's main; a user error prints one clear line and exits 2, without a traceback."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    for noisy in ("alembic", "mlflow", "great_expectations", "urllib3", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        main()
+    except ValueError as error:
+        logger.error("%s", error)
+        sys.exit(2)
+
+
+def fan_out(*sinks: LogFn) -> LogFn:
+    def log(step: int, metrics: dict[str, float]) -> None:
+        for sink in sinks:
+            sink(step, metrics)
+
+    return log
+
+
+class CurveWriter:
+    """Per-step training metrics as a TSV for `dvc plots` (one row per logged step)."""
+
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path, "w", newline="")
+        self.columns = columns
+        self.writer = csv.DictWriter(self.file, fieldnames=["step", *columns], delimiter="\t", extrasaction="ignore")
+        self.writer.writeheader()
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        row = {k: metrics[k] for k in self.columns if k in metrics}
+        if row:
+            self.writer.writerow({"step": step, **row})
+            self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class Progress:
+    """A progress bar on a terminal; plain periodic log lines otherwise (CI, Prefect, DVC logs)."""
+
+    def __init__(self, total_steps: int, label: str, every_seconds: float = 10.0) -> None:
+        self.total, self.label, self.every = total_steps, label, every_seconds
+        self.start = self.last_print = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+        self.loss = float("nan")
+        self.tokens_per_sec = 0.0
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        self.loss = metrics.get("train/loss", self.loss)
+        self.tokens_per_sec = metrics.get("train/tokens_per_sec", self.tokens_per_sec)
+        now = time.perf_counter()
+        elapsed = now - self.start
+        remaining = elapsed / max(step, 1) * (self.total - step)
+        val = "".join(f" {k}={v:.4f}" for k, v in metrics.items() if k.startswith("val/") and isinstance(v, float))
+        text = (
+            f"{self.label} step {step}/{self.total} loss {self.loss:.4f} {self.tokens_per_sec:,.0f} tok/s"
+            f" elapsed {elapsed:.0f}s left {remaining:.0f}s{val}"
+        )
+        if self.tty:
+            filled = int(30 * step / max(self.total, 1))
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {text}\033[K")
+            if step >= self.total or val:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+        elif val or step >= self.total or now - self.last_print >= self.every:
+            logger.info(text)
+            self.last_print = now
+
+
+def open_stream(name: str, tokenizer_sha256: str):
+    """A token stream of the tokenizer stage, checked against the tokenizer in use."""
+    from lmcore.data import load_token_stream
+
+    path = stage_dir("tokenizer") / "streams" / f"{name}.bin"
+    data, meta = load_token_stream(path)
+    if meta.tokenizer_sha256 != tokenizer_sha256:
+        raise ValueError(f"{path} was encoded by tokenizer {meta.tokenizer_sha256[:12]}, not {tokenizer_sha256[:12]}: re-run the tokenizer stage")
+    return data, meta
+
+
+class MetricHistory:
+    """Keeps every logged value per metric (medians of speed for the metrics file)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[float]] = {}
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.values.setdefault(key, []).append(float(value))
+
+    def median(self, key: str) -> float:
+        values = sorted(self.values.get(key, [float("nan")]))
+        return values[len(values) // 2]

@@ -1,0 +1,121 @@
+"""finetune: adapt the pretrained model to the labeled task, and train a from-scratch baseline.
+
+`finetune.task`: `classification` puts a head on the backbone; `lm` continues language-model
+training on the task's own text; `lm_then_classification` does both in turn (ULMFiT).
+`finetune.init: scratch` starts from random weights; `scratch_baseline` also trains the same
+architecture from scratch, so the value of pretraining is measured, not assumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pandas as pd
+import torch.nn as nn
+
+from lmcore.checkpoint import export_model, load_model
+from lmcore.data import check_block_size, get_batch, get_labeled_batch, load_labeled
+from lmcore.evaluate import classification_metrics, evaluate_lm, predict_classes
+from lmcore.models import SequenceClassifier, build_model, build_model_config
+from lmcore.tokenizer import load_tokenizer
+from lmcore.train import TrainConfig, classification_loss, lm_loss, train
+from pipelines import tracking
+from pipelines.corpus import json_dump
+from pipelines.params import Params, load_params, load_raw_params
+from pipelines.stages.common import CurveWriter, Progress, fan_out, logger, open_stream, run_stage, stage_dir
+
+
+def lm_adapt(model: nn.Module, params: Params, tokenizer_sha: str, log, label: str) -> dict:
+    """Language-model training on the labeled task's own train text (no labels)."""
+    train_data, _ = open_stream("labeled_train", tokenizer_sha)
+    val_data, val_meta = open_stream("labeled_validation", tokenizer_sha)
+    block_size, batch_size = model.config.block_size, params.finetune.train.batch_size
+    check_block_size(train_data, block_size, "labeled train split")
+    config = dataclasses.replace(params.finetune.train, max_steps=params.finetune.lm_steps, early_stopping_patience=0)
+    result = train(
+        model, config, lambda g: get_batch(train_data, batch_size, block_size, g), lm_loss,
+        evaluate=lambda m: evaluate_lm(m, val_data, block_size, params.evaluate.batch_size, params.evaluate.num_windows, val_meta.bytes_per_token),
+        log=fan_out(log, Progress(config.max_steps, label)),
+    )
+    return {"lm_val": result.eval_metrics, "lm_steps": result.step}
+
+
+def classify(backbone: nn.Module, params: Params, pad_id: int, log, label: str) -> tuple[SequenceClassifier, dict]:
+    ft = params.finetune
+    streams = stage_dir("tokenizer") / "streams"
+    train_set, val_set = load_labeled(streams / "labeled_train.npz"), load_labeled(streams / "labeled_validation.npz")
+    model = SequenceClassifier(backbone, len(params.ingest.labeled.labels), ft.pooling, ft.classifier_dropout)
+    if ft.freeze_backbone:
+        model.freeze_backbone()
+    num_classes = len(params.ingest.labeled.labels)
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        predicted, _ = predict_classes(m, val_set, pad_id, ft.max_len, params.evaluate.batch_size)
+        scores = classification_metrics(val_set.labels, predicted, num_classes)
+        return {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]}
+
+    config: TrainConfig = ft.train
+    start = time.perf_counter()
+    result = train(
+        model, config, lambda g: get_labeled_batch(train_set, config.batch_size, pad_id, ft.max_len, g), classification_loss,
+        evaluate=evaluate, log=fan_out(log, Progress(config.max_steps, label)),
+    )
+    return model, {
+        "val": evaluate(model.eval()),
+        "steps": result.step,
+        "stopped_early": result.stopped_early,
+        "wall_seconds": time.perf_counter() - start,
+    }
+
+
+def main() -> None:
+    params = load_params()
+    raw = load_raw_params()
+    ft = params.finetune
+    tok_dir, pre_dir, out = stage_dir("tokenizer"), stage_dir("pretrain"), stage_dir("finetune")
+    out.mkdir(parents=True, exist_ok=True)
+    upstream = {"tokenizer": tok_dir, "pretrain": pre_dir}
+    with tracking.stage_run("finetune", params.tracking.experiment, {"finetune": raw["finetune"], "model": raw["model"]}, out, upstream):
+        tokenizer = load_tokenizer(tok_dir / "tokenizer.json", params.tokenizer.eot_token, params.tokenizer.pad_token)
+        arch = params.model.arch
+        if ft.init == "pretrained":
+            backbone, pre_config = load_model(pre_dir / "model")
+            if pre_config.get("tokenizer_sha256") != tokenizer.sha256():
+                raise ValueError(f"{pre_dir / 'model'} was trained with another tokenizer (vocab mismatch): re-run pretrain")
+            arch, model_values = pre_config["arch"], pre_config["model"]
+        else:
+            model_values = {**params.model.config_values(), "vocab_size": tokenizer.vocab_size}
+            backbone = build_model(arch, build_model_config(arch, model_values, f"model.{arch}"))
+        if arch == "gpt" and ft.max_len > model_values["block_size"]:
+            raise ValueError(f"finetune.max_len={ft.max_len} exceeds the GPT's block_size={model_values['block_size']}")
+        curve = CurveWriter(out / "curve.tsv", ["train/loss", "val/accuracy", "val/loss"])
+        log = fan_out(tracking.metric_logger(), curve)
+        metrics: dict = {}
+        if ft.task in ("lm", "lm_then_classification"):
+            metrics.update(lm_adapt(backbone, params, tokenizer.sha256(), fan_out(tracking.metric_logger("lm_adapt/")), "finetune-lm"))
+        extra = {
+            "tokenizer_sha256": tokenizer.sha256(), "max_len": ft.max_len, "label_names": params.ingest.labeled.label_names,
+            "eot_token": tokenizer.eot_token, "pad_token": tokenizer.pad_token,
+        }
+        example = pd.DataFrame({"text": ["a gorgeous , witty , seductive movie ."]})
+        if ft.task == "lm":
+            export_model(out / "models" / "finetuned", backbone, arch, model_values, tok_dir / "tokenizer.json", extra=extra)
+            tracking.log_lmcore_model(out / "models" / "finetuned", "model", params.tracking.lm_model_name + "-adapted" if params.tracking.register_models else None, example)
+        else:
+            model, metrics["classifier"] = classify(backbone, params, tokenizer.pad_id, log, "finetune")
+            export_model(out / "models" / "finetuned", model, arch, model_values, tok_dir / "tokenizer.json", extra=extra)
+            tracking.log_lmcore_model(out / "models" / "finetuned", "model", params.tracking.classifier_model_name if params.tracking.register_models else None, example)
+        curve.close()
+        if ft.scratch_baseline and ft.task != "lm":
+            scratch = build_model(arch, build_model_config(arch, model_values))
+            baseline, metrics["scratch"] = classify(scratch, params, tokenizer.pad_id, tracking.metric_logger("scratch/"), "scratch")
+            export_model(out / "models" / "scratch", baseline, arch, model_values, tok_dir / "tokenizer.json", extra=extra)
+        json_dump(out / "metrics.json", metrics)
+        tracking.log_metrics(metrics, prefix="final/")
+        tracking.log_artifacts(out / "metrics.json", out / "curve.tsv")
+        logger.info("finetune done: %s", metrics)
+
+
+if __name__ == "__main__":
+    run_stage(main)

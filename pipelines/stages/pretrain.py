@@ -1,0 +1,106 @@
+"""pretrain: build the model named by `model.arch` and train it on the pretraining corpus.
+
+The checkpoint folder persists across runs, so `dvc repro` after a crash resumes. A checkpoint
+made with other settings (model, training or tokenizer) is set aside, not resumed.
+Outputs: the exported model, metrics.json for `dvc metrics`, curve.tsv for `dvc plots`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+
+import pandas as pd
+
+from lmcore.checkpoint import CHECKPOINT_NAME, export_model, load_checkpoint
+from lmcore.data import check_block_size, get_batch
+from lmcore.evaluate import evaluate_lm
+from lmcore.models import build_model, build_model_config
+from lmcore.tokenizer import load_tokenizer
+from lmcore.train import lm_loss, train
+from pipelines import tracking
+from pipelines.corpus import json_dump
+from pipelines.params import load_params, load_raw_params
+from pipelines.stages.common import (
+    CurveWriter,
+    MetricHistory,
+    Progress,
+    fan_out,
+    logger,
+    open_stream,
+    run_stage,
+    stage_dir,
+)
+
+CURVE_COLUMNS = ["train/loss", "val/loss", "train/lr", "train/tokens_per_sec", "train/mfu"]
+
+
+def discard_stale_checkpoint(checkpoint_dir, fingerprint: str) -> None:
+    path = checkpoint_dir / CHECKPOINT_NAME
+    if path.exists() and load_checkpoint(path).get("fingerprint") != fingerprint:
+        stale = checkpoint_dir.with_name(checkpoint_dir.name + ".stale")
+        shutil.rmtree(stale, ignore_errors=True)
+        checkpoint_dir.rename(stale)
+        logger.warning("checkpoint in %s was made with other settings; moved to %s", checkpoint_dir, stale)
+
+
+def main() -> None:
+    params = load_params()
+    raw = load_raw_params()
+    tok_dir, out = stage_dir("tokenizer"), stage_dir("pretrain")
+    checkpoint_dir = out / "checkpoints"
+    arch = params.model.arch
+    with tracking.stage_run(
+        "pretrain", params.tracking.experiment, {"model": raw["model"], "pretrain": raw["pretrain"]}, out, {"tokenizer": tok_dir}
+    ):
+        tokenizer = load_tokenizer(tok_dir / "tokenizer.json", params.tokenizer.eot_token, params.tokenizer.pad_token)
+        train_data, _ = open_stream("pretrain_train", tokenizer.sha256())
+        val_data, val_meta = open_stream("pretrain_validation", tokenizer.sha256())
+        model_values = {**params.model.config_values(), "vocab_size": tokenizer.vocab_size}
+        config = build_model_config(arch, model_values, f"model.{arch}")
+        block_size, batch_size = config.block_size, params.pretrain.batch_size
+        check_block_size(train_data, block_size, "pretrain train split")
+        check_block_size(val_data, block_size, "pretrain validation split")
+        model = build_model(arch, config)
+        fingerprint = hashlib.sha256(json.dumps([arch, model_values, raw["pretrain"], tokenizer.sha256()], sort_keys=True).encode()).hexdigest()
+        discard_stale_checkpoint(checkpoint_dir, fingerprint)
+
+        history = MetricHistory()
+        curve = CurveWriter(out / "curve.tsv", CURVE_COLUMNS)
+        start = time.perf_counter()
+        result = train(
+            model,
+            params.pretrain,
+            lambda g: get_batch(train_data, batch_size, block_size, g),
+            lm_loss,
+            evaluate=lambda m: evaluate_lm(m, val_data, block_size, params.evaluate.batch_size, params.evaluate.num_windows, val_meta.bytes_per_token),
+            log=fan_out(tracking.metric_logger(), curve, history, Progress(params.pretrain.max_steps, "pretrain")),
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_extra={"fingerprint": fingerprint, "tokenizer_sha256": tokenizer.sha256()},
+        )
+        curve.close()
+        extra = {"tokenizer_sha256": tokenizer.sha256(), "eot_token": tokenizer.eot_token, "pad_token": tokenizer.pad_token}
+        export_model(out / "model", model, arch, model_values, tok_dir / "tokenizer.json", extra=extra)
+        metrics = {
+            "val": result.eval_metrics,
+            "train_loss": result.train_loss,
+            "steps": result.step,
+            "params": model.num_params(),
+            "tokens_per_sec": history.median("train/tokens_per_sec"),
+            "mfu": history.median("train/mfu"),
+            "wall_seconds": time.perf_counter() - start,
+        }
+        json_dump(out / "metrics.json", metrics)
+        tracking.log_metrics(metrics, prefix="final/")
+        tracking.log_artifacts(out / "metrics.json", out / "curve.tsv")
+        version = tracking.log_lmcore_model(
+            out / "model", "model", params.tracking.lm_model_name if params.tracking.register_models else None,
+            pd.DataFrame({"text": ["ROMEO:"]}),
+        )
+        logger.info("pretrain done: %s (registered version %s)", metrics, version)
+
+
+if __name__ == "__main__":
+    run_stage(main)

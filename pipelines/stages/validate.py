@@ -1,0 +1,65 @@
+"""validate: Great Expectations suites over the ingested tables; a failure stops the pipeline.
+
+On success the results, a summary and Data Docs replace `outputs/validate`. On failure they go
+to `outputs/validate-failed` instead (the last good run's outputs stay), the failed
+expectations are printed with counts and examples, and the stage exits 1.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import pandas as pd
+
+from pipelines import tracking
+from pipelines.corpus import json_dump
+from pipelines.params import load_params, load_raw_params
+from pipelines.stages.common import fresh_dir, logger, run_stage, stage_dir, swap_in
+
+SPLITS = ["train", "validation", "test"]
+
+
+def main() -> None:
+    params = load_params()
+    ingested = stage_dir("ingest")
+    out, failed_dir = stage_dir("validate"), stage_dir("validate-failed")
+    tmp = fresh_dir(out)
+    raw = load_raw_params()
+    with tracking.stage_run(
+        "validate", params.tracking.experiment, {"validate": raw["validate"]}, tmp, upstream={"ingest": ingested}
+    ) as run:
+        from pipelines.expectations import validate_tables  # GE costs 3-4 s to import; only here
+
+        tables = {
+            "pretrain": (pd.read_parquet(ingested / "pretrain.parquet"), None, SPLITS),
+            "labeled": (pd.read_parquet(ingested / "labeled.parquet"), params.ingest.labeled.labels, SPLITS),
+        }
+        success, failures, results = validate_tables(tables, params.validate, tmp / "data_docs")
+        summary = {
+            "success": success,
+            "failed_expectations": [f.describe() for f in failures],
+            "rows": {name: len(frame) for name, (frame, _, _) in tables.items()},
+        }
+        json_dump(tmp / "summary.json", summary)
+        json_dump(tmp / "results.json", results)
+        tracking.log_metrics({"success": float(success), "failed_expectations": float(len(failures))})
+        tracking.log_artifacts(tmp / "summary.json", tmp / "results.json")
+        tracking.log_artifacts(tmp / "data_docs")
+        if not success:
+            shutil.rmtree(failed_dir, ignore_errors=True)
+            tmp.rename(failed_dir)
+            message = "\n".join(f"  - {line}" for line in summary["failed_expectations"])
+            logger.error(
+                "data validation failed (%d expectations); results and Data Docs in %s; MLflow run %s\n%s",
+                len(failures), failed_dir, run.info.run_id, message,
+            )
+            print(f"VALIDATION FAILED:\n{message}", file=sys.stdout, flush=True)
+            raise SystemExit(1)
+    swap_in(tmp, out)
+    shutil.rmtree(failed_dir, ignore_errors=True)
+    logger.info("validation passed: %s", summary["rows"])
+
+
+if __name__ == "__main__":
+    run_stage(main)

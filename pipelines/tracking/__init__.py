@@ -1,0 +1,172 @@
+"""MLflow adapter: one run per stage execution, with params, metrics, tags, inputs and artifacts.
+
+The only place (with `pyfunc_model.py` beside it) that imports mlflow. By default every stage
+writes to one SQLite store and one artifact folder at the project root, also when DVC runs an
+experiment in a temporary copy; MLFLOW_TRACKING_URI points everything at a server instead.
+
+Runs are linked: each stage writes `run.json` (its run id and group) into its output folder and
+downstream stages tag the runs they used (`upstream.<stage>`) and inherit the group, so the UI
+can filter one pipeline lineage with `tags.pipeline_group = '...'`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import yaml
+
+from pipelines.params import ROOT, flatten
+
+logger = logging.getLogger(__name__)
+warnings.filterwarnings("ignore", module="sqlalchemy")
+warnings.filterwarnings("ignore", message=".*Pandas4Warning.*")
+RUN_FILE = "run.json"
+
+
+def project_root(cwd: Path | None = None) -> Path:
+    """The user's checkout, also from inside DVC's temporary experiment copies."""
+    cwd = (cwd or Path.cwd()).resolve()
+    parts = cwd.parts
+    for i in range(len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return cwd
+
+
+def configure(experiment: str) -> str:
+    """Point MLflow at the tracking store and return the experiment id."""
+    root = project_root()
+    if "MLFLOW_TRACKING_URI" not in os.environ:
+        mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    existing = mlflow.get_experiment_by_name(experiment)
+    if existing is not None:
+        mlflow.set_experiment(experiment_id=existing.experiment_id)
+        return existing.experiment_id
+    artifact_location = None if "MLFLOW_TRACKING_URI" in os.environ else (root / "mlartifacts").as_uri()
+    experiment_id = mlflow.create_experiment(experiment, artifact_location=artifact_location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=ROOT).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def dependency_hashes(stage: str) -> dict[str, str]:
+    """The DVC hash of each input of `stage`: from dvc.lock for upstream outputs, md5 for files."""
+    dvc_yaml = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    deps = dvc_yaml["stages"][stage].get("deps", [])
+    lock_path = ROOT / "dvc.lock"
+    lock = yaml.safe_load(lock_path.read_text()) if lock_path.exists() else {}
+    recorded = {}
+    for entry in (lock or {}).get("stages", {}).values():
+        for out in entry.get("outs", []):
+            recorded[out["path"]] = out.get("md5", "")
+    hashes = {}
+    for dep in deps:
+        path = ROOT / dep
+        if dep in recorded:
+            hashes[dep] = recorded[dep]
+        elif path.is_file():
+            hashes[dep] = hashlib.md5(path.read_bytes()).hexdigest()
+    return hashes
+
+
+def read_run_info(stage_dir: Path) -> dict[str, str] | None:
+    path = stage_dir / RUN_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+@contextlib.contextmanager
+def stage_run(
+    stage: str, experiment: str, params: dict[str, Any], out_dir: Path, upstream: dict[str, Path] | None = None
+) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run for one stage execution; writes `<out_dir>/run.json` when it succeeds."""
+    configure(experiment)
+    links = {name: read_run_info(path) for name, path in (upstream or {}).items()}
+    group = next((info["group"] for info in links.values() if info), None) or os.environ.get("LMCORE_PIPELINE_GROUP") or uuid.uuid4().hex[:12]
+    tags = {
+        "stage": stage,
+        "pipeline_group": group,
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower(),
+        **{f"upstream.{name}": info["run_id"] for name, info in links.items() if info},
+        **{f"dvc.dep.{path}": digest for path, digest in dependency_hashes(stage).items()},
+    }
+    with mlflow.start_run(run_name=stage, tags=tags) as run:
+        flat = {k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in flatten(params).items()}
+        items = list(flat.items())
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            mlflow.log_params(dict(items[start : start + 100]))
+        yield run
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / RUN_FILE).write_text(json.dumps({"run_id": run.info.run_id, "group": group, "stage": stage}) + "\n")
+        mlflow.log_artifact(str(out_dir / RUN_FILE))
+
+
+def metric_logger(prefix: str = "") -> Callable[[int, dict[str, float]], None]:
+    """A `log(step, metrics)` sink for lmcore: one batched call per step."""
+
+    def log(step: int, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in metrics.items()}, step=step)
+
+    return log
+
+
+def log_metrics(metrics: dict[str, float], prefix: str = "") -> None:
+    mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in flatten(metrics).items() if isinstance(v, int | float)})
+
+
+def log_artifacts(*paths: Path, artifact_path: str | None = None) -> None:
+    for path in paths:
+        if path.is_dir():
+            mlflow.log_artifacts(str(path), artifact_path=artifact_path or path.name)
+        elif path.exists():
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def log_table_input(frame: pd.DataFrame, source: Path, name: str, context: str) -> None:
+    """Record a table this run read, with its digest, as an MLflow dataset input."""
+    dataset = mlflow.data.from_pandas(frame, source=str(source), name=name)
+    mlflow.log_input(dataset, context=context)
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    mlflow.log_text(text, artifact_file)
+
+
+def log_figure(figure: Any, artifact_file: str) -> None:
+    mlflow.log_figure(figure, artifact_file)
+
+
+def log_lmcore_model(model_dir: Path, name: str, registered_name: str | None, input_example: pd.DataFrame) -> str | None:
+    """Log an exported lmcore model folder as a pyfunc model; register it when a name is given.
+
+    The model is defined from code (`pyfunc_model.py`) and carries lmcore itself, so loading it
+    needs neither this project's pipelines nor its training code.
+    """
+    info = mlflow.pyfunc.log_model(
+        name=name,
+        python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+        artifacts={"model_dir": str(model_dir)},
+        code_paths=[str(ROOT / "lmcore")],
+        pip_requirements=["torch", "numpy", "tokenizers", "safetensors", "pandas"],
+        input_example=input_example,
+        registered_model_name=registered_name,
+    )
+    return getattr(info, "registered_model_version", None)

@@ -1,0 +1,57 @@
+"""MLflow pyfunc model over an exported lmcore model folder (logged as a model from code).
+
+Input: a DataFrame with a `text` column. A language model returns the generated continuation
+of each text; a classifier returns the predicted label name and its probability.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+from mlflow.models import set_model
+from mlflow.pyfunc import PythonModel
+
+
+class LmcoreModel(PythonModel):
+    def load_context(self, context) -> None:
+        import torch
+
+        from lmcore.checkpoint import load_model
+        from lmcore.tokenizer import load_tokenizer
+
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        directory = context.artifacts["model_dir"]
+        self.model, self.config = load_model(directory)
+        self.tokenizer = load_tokenizer(f"{directory}/tokenizer.json")
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        import torch
+
+        from lmcore.data import LabeledExamples
+        from lmcore.evaluate import predict_classes
+        from lmcore.generate import generate
+
+        params = params or {}
+        texts = [str(t) for t in model_input["text"]]
+        if "classifier" in self.config:
+            examples = LabeledExamples(self.tokenizer.encode_batch(texts), [0] * len(texts))
+            with torch.no_grad():
+                predicted, probs = predict_classes(self.model, examples, self.tokenizer.pad_id, self.config.get("max_len", 128))
+            names = self.config.get("label_names") or [str(i) for i in range(probs.shape[1])]
+            return pd.DataFrame({"label": [names[i] for i in predicted], "probability": probs.max(1)})
+        outputs = []
+        for i, text in enumerate(texts):
+            ids = generate(
+                self.model,
+                self.tokenizer.encode(text) or [self.tokenizer.eot_id],
+                int(params.get("max_new_tokens", 64)),
+                float(params.get("temperature", 0.8)),
+                int(params.get("top_k", 50)),
+                float(params.get("top_p", 1.0)),
+                int(params.get("seed", 0)) + i,
+                self.tokenizer.eot_id,
+            )
+            outputs.append(self.tokenizer.decode(ids))
+        return pd.DataFrame({"generated": outputs})
+
+
+set_model(LmcoreModel())
