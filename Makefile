@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 repro: setup
-	$(VENV)/bin/dvc repro
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH dvc repro
 
 test: setup
 	$(PY) -m pytest -q

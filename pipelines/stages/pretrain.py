@@ -34,6 +34,7 @@ from pipelines.stages.common import (
     stage_dir,
 )
 
+GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 0.8, "top_k": 50, "top_p": 1.0, "seed": 0}
 CURVE_COLUMNS = ["train/loss", "val/loss", "train/lr", "train/tokens_per_sec", "train/mfu"]
 
 
@@ -98,6 +99,7 @@ def main() -> None:
         version = tracking.log_lmcore_model(
             out / "model", "model", params.tracking.lm_model_name if params.tracking.register_models else None,
             pd.DataFrame({"text": ["ROMEO:"]}),
+            params=GENERATION_DEFAULTS,
         )
         logger.info("pretrain done: %s (registered version %s)", metrics, version)
 

@@ -32,6 +32,7 @@ from pipelines.params import ROOT, flatten
 logger = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", module="sqlalchemy")
 warnings.filterwarnings("ignore", message=".*Pandas4Warning.*")
+warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")
 RUN_FILE = "run.json"
 
 
@@ -154,7 +155,9 @@ def log_figure(figure: Any, artifact_file: str) -> None:
     mlflow.log_figure(figure, artifact_file)
 
 
-def log_lmcore_model(model_dir: Path, name: str, registered_name: str | None, input_example: pd.DataFrame) -> str | None:
+def log_lmcore_model(
+    model_dir: Path, name: str, registered_name: str | None, input_example: pd.DataFrame, params: dict[str, Any] | None = None
+) -> str | None:
     """Log an exported lmcore model folder as a pyfunc model; register it when a name is given.
 
     The model is defined from code (`pyfunc_model.py`) and carries lmcore itself, so loading it
@@ -166,7 +169,8 @@ def log_lmcore_model(model_dir: Path, name: str, registered_name: str | None, in
         artifacts={"model_dir": str(model_dir)},
         code_paths=[str(ROOT / "lmcore")],
         pip_requirements=["torch", "numpy", "tokenizers", "safetensors", "pandas"],
-        input_example=input_example,
+        # (frame, params) declares the inference params (max_new_tokens, temperature...) in the signature
+        input_example=(input_example, params) if params else input_example,
         registered_model_name=registered_name,
     )
     return getattr(info, "registered_model_version", None)

@@ -1,7 +1,8 @@
 """MLflow pyfunc model over an exported lmcore model folder (logged as a model from code).
 
 Input: a DataFrame with a `text` column. A language model returns the generated continuation
-of each text; a classifier returns the predicted label name and its probability.
+of each text (params: max_new_tokens, temperature, top_k, top_p, seed); a classifier returns
+the predicted label name and its probability.
 """
 
 from __future__ import annotations
