@@ -150,7 +150,9 @@ def save_labeled(path: str | os.PathLike, examples: LabeledExamples, vocab_size:
     """Labeled examples as one .npz of flat ids, offsets and labels (no pickle)."""
     lengths = np.array([len(ids) for ids in examples.ids], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    flat = np.fromiter((t for ids in examples.ids for t in ids), dtype=stream_dtype(vocab_size), count=int(lengths.sum()))
+    flat = np.fromiter(
+        (t for ids in examples.ids for t in ids), dtype=stream_dtype(vocab_size), count=int(lengths.sum())
+    )
     tmp = f"{path}.tmp.npz"
     np.savez(tmp, ids=flat, offsets=offsets, labels=np.asarray(examples.labels, dtype=np.int64))
     os.replace(tmp, path)

@@ -170,7 +170,9 @@ def iter_table_rows(location: str, columns: list[str], chunk_rows: int) -> Itera
         reader = pd.read_json(text, lines=True, chunksize=chunk_rows, dtype=False)
     else:
         sep = "\t" if suffix == ".tsv" else ","
-        reader = pd.read_csv(text, sep=sep, chunksize=chunk_rows, dtype=str, keep_default_na=False, quoting=3 if sep == "\t" else 0)
+        reader = pd.read_csv(
+            text, sep=sep, chunksize=chunk_rows, dtype=str, keep_default_na=False, quoting=3 if sep == "\t" else 0
+        )
     for i, chunk in enumerate(reader):
         if i == 0:
             _check_columns(location, [str(c) for c in chunk.columns], columns)

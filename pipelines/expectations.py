@@ -50,12 +50,18 @@ def table_suite(name: str, params: ValidateParams, labels: list[str] | None) -> 
     E = gx.expectations
     suite = gx.ExpectationSuite(name=name)
     suite.add_expectation(E.ExpectColumnValuesToNotBeNull(column="text"))
-    suite.add_expectation(E.ExpectColumnValueLengthsToBeBetween(column="text", min_value=params.min_chars, max_value=params.max_chars))
+    suite.add_expectation(
+        E.ExpectColumnValueLengthsToBeBetween(column="text", min_value=params.min_chars, max_value=params.max_chars)
+    )
     suite.add_expectation(E.ExpectColumnValuesToBeUnique(column="doc_id"))
     # Exact duplicates are dropped at ingest, so a hash seen twice would also sit in two splits.
     suite.add_expectation(E.ExpectColumnValuesToBeUnique(column="hash"))
     suite.add_expectation(E.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)))
-    suite.add_expectation(E.ExpectColumnValuesToBeBetween(column="bad_char_fraction", min_value=0.0, max_value=params.max_bad_char_fraction))
+    suite.add_expectation(
+        E.ExpectColumnValuesToBeBetween(
+            column="bad_char_fraction", min_value=0.0, max_value=params.max_bad_char_fraction
+        )
+    )
     if labels is not None:
         suite.add_expectation(E.ExpectColumnValuesToNotBeNull(column="label"))
         suite.add_expectation(E.ExpectColumnValuesToBeInSet(column="label", value_set=labels))
@@ -70,8 +76,12 @@ def split_suite(name: str, params: ValidateParams, labels: list[str] | None) -> 
     if labels is not None:
         for label in labels:
             # share(label) >= min_class_share and share(label) <= max_class_share
-            suite.add_expectation(E.ExpectColumnValuesToBeInSet(column="label", value_set=[label], mostly=params.min_class_share))
-            suite.add_expectation(E.ExpectColumnValuesToNotBeInSet(column="label", value_set=[label], mostly=1 - params.max_class_share))
+            suite.add_expectation(
+                E.ExpectColumnValuesToBeInSet(column="label", value_set=[label], mostly=params.min_class_share)
+            )
+            suite.add_expectation(
+                E.ExpectColumnValuesToNotBeInSet(column="label", value_set=[label], mostly=1 - params.max_class_share)
+            )
     return suite
 
 
@@ -92,12 +102,18 @@ def validate_tables(
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
         },
     )
-    batch = context.data_sources.add_pandas("ingested").add_dataframe_asset("table").add_batch_definition_whole_dataframe("whole")
+    batch = (
+        context.data_sources.add_pandas("ingested")
+        .add_dataframe_asset("table")
+        .add_batch_definition_whole_dataframe("whole")
+    )
     runs: list[tuple[str, gx.ExpectationSuite, pd.DataFrame]] = []
     for name, (frame, labels, splits) in tables.items():
         runs.append((name, table_suite(name, params, labels), frame))
         for split in splits:
-            runs.append((f"{name}.{split}", split_suite(f"{name}.{split}", params, labels), frame[frame["split"] == split]))
+            runs.append(
+                (f"{name}.{split}", split_suite(f"{name}.{split}", params, labels), frame[frame["split"] == split])
+            )
     failures: list[Failure] = []
     results: dict[str, Any] = {}
     for name, suite, frame in runs:

@@ -117,7 +117,9 @@ def open_stream(name: str, tokenizer_sha256: str):
     path = stage_dir("tokenizer") / "streams" / f"{name}.bin"
     data, meta = load_token_stream(path)
     if meta.tokenizer_sha256 != tokenizer_sha256:
-        raise ValueError(f"{path} was encoded by tokenizer {meta.tokenizer_sha256[:12]}, not {tokenizer_sha256[:12]}: re-run the tokenizer stage")
+        raise ValueError(
+            f"{path} was encoded by tokenizer {meta.tokenizer_sha256[:12]}, not {tokenizer_sha256[:12]}: re-run the tokenizer stage"
+        )
     return data, meta
 
 

@@ -35,7 +35,9 @@ def lm_metrics(model, params: Params, tokenizer_sha: str) -> dict:
     results = {}
     for name, stream in (("test", "pretrain_test"), ("out_of_domain", "labeled_test")):
         data, meta = open_stream(stream, tokenizer_sha)
-        results[name] = evaluate_lm(model, data, block_size, params.evaluate.batch_size, params.evaluate.num_windows, meta.bytes_per_token)
+        results[name] = evaluate_lm(
+            model, data, block_size, params.evaluate.batch_size, params.evaluate.num_windows, meta.bytes_per_token
+        )
     return results
 
 
@@ -88,10 +90,17 @@ def plot_accuracies(results: dict, out: Path) -> Path:
 
 def main() -> None:
     params = load_params()
-    tok_dir, pre_dir, ft_dir, out = stage_dir("tokenizer"), stage_dir("pretrain"), stage_dir("finetune"), stage_dir("evaluate")
+    tok_dir, pre_dir, ft_dir, out = (
+        stage_dir("tokenizer"),
+        stage_dir("pretrain"),
+        stage_dir("finetune"),
+        stage_dir("evaluate"),
+    )
     (out / "plots").mkdir(parents=True, exist_ok=True)
     upstream = {"pretrain": pre_dir, "finetune": ft_dir}
-    with tracking.stage_run("evaluate", params.tracking.experiment, {"evaluate": load_raw_params()["evaluate"]}, out, upstream):
+    with tracking.stage_run(
+        "evaluate", params.tracking.experiment, {"evaluate": load_raw_params()["evaluate"]}, out, upstream
+    ):
         tokenizer = load_tokenizer(tok_dir / "tokenizer.json", params.tokenizer.eot_token, params.tokenizer.pad_token)
         lm, _ = load_model(pre_dir / "model")
         metrics: dict = {"lm": lm_metrics(lm, params, tokenizer.sha256())}
@@ -99,7 +108,16 @@ def main() -> None:
         s = params.evaluate.samples
         samples = []
         for i, prompt in enumerate(s.prompts):
-            ids = generate(lm, tokenizer.encode(prompt) or [tokenizer.eot_id], s.max_new_tokens, s.temperature, s.top_k, s.top_p, s.seed + i, tokenizer.eot_id)
+            ids = generate(
+                lm,
+                tokenizer.encode(prompt) or [tokenizer.eot_id],
+                s.max_new_tokens,
+                s.temperature,
+                s.top_k,
+                s.top_p,
+                s.seed + i,
+                tokenizer.eot_id,
+            )
             samples.append(f"--- prompt {prompt!r}\n{prompt}{tokenizer.decode(ids)}\n")
         (out / "samples.txt").write_text("\n".join(samples))
 
@@ -112,7 +130,9 @@ def main() -> None:
             if path.exists():
                 model, config = load_model(path)
                 if isinstance(model, SequenceClassifier):
-                    predictions[name], _ = predict_classes(model, test_set, tokenizer.pad_id, config["max_len"], params.evaluate.batch_size)
+                    predictions[name], _ = predict_classes(
+                        model, test_set, tokenizer.pad_id, config["max_len"], params.evaluate.batch_size
+                    )
         tfidf, train_labels = tfidf_predictions(stage_dir("ingest"), params.ingest.labeled.labels)
         if params.evaluate.tfidf_baseline:
             predictions["tfidf_logreg"] = tfidf
@@ -123,34 +143,70 @@ def main() -> None:
         reference = (predictions["finetuned"] == y_true) if "finetuned" in predictions else None
         for name, predicted in predictions.items():
             correct = predicted == y_true
-            entry = {**classification_metrics(y_true, predicted, num_classes), **bootstrap_accuracy(correct, None, samples_n)}
+            entry = {
+                **classification_metrics(y_true, predicted, num_classes),
+                **bootstrap_accuracy(correct, None, samples_n),
+            }
             if reference is not None and name != "finetuned":
                 paired = bootstrap_accuracy(reference, correct, samples_n)
-                entry.update(finetuned_minus_this=paired["diff"], diff_ci_low=paired["diff_ci_low"], diff_ci_high=paired["diff_ci_high"])
+                entry.update(
+                    finetuned_minus_this=paired["diff"],
+                    diff_ci_low=paired["diff_ci_low"],
+                    diff_ci_high=paired["diff_ci_high"],
+                )
             classification[name] = entry
         metrics["classification"] = classification
-        json_dump(out / "metrics.json", {**metrics, "classification": {k: {m: v for m, v in r.items() if m != "confusion_matrix"} for k, r in classification.items()}})
+        json_dump(
+            out / "metrics.json",
+            {
+                **metrics,
+                "classification": {
+                    k: {m: v for m, v in r.items() if m != "confusion_matrix"} for k, r in classification.items()
+                },
+            },
+        )
         json_dump(out / "confusion_matrices.json", {k: r["confusion_matrix"] for k, r in classification.items()})
 
         plots = [p for p in (plot_curves(out), plot_accuracies(classification, out)) if p is not None]
         report = render_report(metrics, params, samples, [p.name for p in plots])
         (out / "report.md").write_text(report)
         tracking.log_metrics(metrics)
-        tracking.log_artifacts(out / "metrics.json", out / "report.md", out / "samples.txt", out / "confusion_matrices.json")
+        tracking.log_artifacts(
+            out / "metrics.json", out / "report.md", out / "samples.txt", out / "confusion_matrices.json"
+        )
         tracking.log_artifacts(out / "plots")
         logger.info("evaluation:\n%s", report)
 
 
 def render_report(metrics: dict, params: Params, samples: list[str], plots: list[str]) -> str:
-    lines = ["# Evaluation report", "", "## Language model (pretrained)", "",
-             "| data | loss | perplexity | bits/byte | top-1 | top-5 |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "# Evaluation report",
+        "",
+        "## Language model (pretrained)",
+        "",
+        "| data | loss | perplexity | bits/byte | top-1 | top-5 |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for name, m in metrics["lm"].items():
-        lines.append(f"| {name} | {m['loss']:.4f} | {m['perplexity']:.2f} | {m['bits_per_byte']:.4f} | {m['top1_accuracy']:.4f} | {m['top5_accuracy']:.4f} |")
-    lines += ["", "## Classification (labeled test split)", "",
-              "| model | accuracy | 95% CI | macro-F1 | finetuned minus this (95% CI) |", "| --- | --- | --- | --- | --- |"]
+        lines.append(
+            f"| {name} | {m['loss']:.4f} | {m['perplexity']:.2f} | {m['bits_per_byte']:.4f} | {m['top1_accuracy']:.4f} | {m['top5_accuracy']:.4f} |"
+        )
+    lines += [
+        "",
+        "## Classification (labeled test split)",
+        "",
+        "| model | accuracy | 95% CI | macro-F1 | finetuned minus this (95% CI) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for name, m in metrics["classification"].items():
-        diff = f"{m['finetuned_minus_this']:+.4f} ({m['diff_ci_low']:+.4f}, {m['diff_ci_high']:+.4f})" if "finetuned_minus_this" in m else "-"
-        lines.append(f"| {name} | {m['accuracy']:.4f} | {m['ci_low']:.4f}-{m['ci_high']:.4f} | {m['macro_f1']:.4f} | {diff} |")
+        diff = (
+            f"{m['finetuned_minus_this']:+.4f} ({m['diff_ci_low']:+.4f}, {m['diff_ci_high']:+.4f})"
+            if "finetuned_minus_this" in m
+            else "-"
+        )
+        lines.append(
+            f"| {name} | {m['accuracy']:.4f} | {m['ci_low']:.4f}-{m['ci_high']:.4f} | {m['macro_f1']:.4f} | {diff} |"
+        )
     lines += ["", "Label order: " + ", ".join(params.ingest.labeled.label_names), ""]
     for name, m in metrics["classification"].items():
         lines.append(f"- confusion matrix {name} (rows true, columns predicted): {m['confusion_matrix']}")

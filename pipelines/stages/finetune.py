@@ -34,8 +34,13 @@ def lm_adapt(model: nn.Module, params: Params, tokenizer_sha: str, log, label: s
     check_block_size(train_data, block_size, "labeled train split")
     config = dataclasses.replace(params.finetune.train, max_steps=params.finetune.lm_steps, early_stopping_patience=0)
     result = train(
-        model, config, lambda g: get_batch(train_data, batch_size, block_size, g), lm_loss,
-        evaluate=lambda m: evaluate_lm(m, val_data, block_size, params.evaluate.batch_size, params.evaluate.num_windows, val_meta.bytes_per_token),
+        model,
+        config,
+        lambda g: get_batch(train_data, batch_size, block_size, g),
+        lm_loss,
+        evaluate=lambda m: evaluate_lm(
+            m, val_data, block_size, params.evaluate.batch_size, params.evaluate.num_windows, val_meta.bytes_per_token
+        ),
         log=fan_out(log, Progress(config.max_steps, label)),
     )
     return {"lm_val": result.eval_metrics, "lm_steps": result.step}
@@ -58,8 +63,12 @@ def classify(backbone: nn.Module, params: Params, pad_id: int, log, label: str) 
     config: TrainConfig = ft.train
     start = time.perf_counter()
     result = train(
-        model, config, lambda g: get_labeled_batch(train_set, config.batch_size, pad_id, ft.max_len, g), classification_loss,
-        evaluate=evaluate, log=fan_out(log, Progress(config.max_steps, label)),
+        model,
+        config,
+        lambda g: get_labeled_batch(train_set, config.batch_size, pad_id, ft.max_len, g),
+        classification_loss,
+        evaluate=evaluate,
+        log=fan_out(log, Progress(config.max_steps, label)),
     )
     return model, {
         "val": evaluate(model.eval()),
@@ -76,13 +85,17 @@ def main() -> None:
     tok_dir, pre_dir, out = stage_dir("tokenizer"), stage_dir("pretrain"), stage_dir("finetune")
     out.mkdir(parents=True, exist_ok=True)
     upstream = {"tokenizer": tok_dir, "pretrain": pre_dir}
-    with tracking.stage_run("finetune", params.tracking.experiment, {"finetune": raw["finetune"], "model": raw["model"]}, out, upstream):
+    with tracking.stage_run(
+        "finetune", params.tracking.experiment, {"finetune": raw["finetune"], "model": raw["model"]}, out, upstream
+    ):
         tokenizer = load_tokenizer(tok_dir / "tokenizer.json", params.tokenizer.eot_token, params.tokenizer.pad_token)
         arch = params.model.arch
         if ft.init == "pretrained":
             backbone, pre_config = load_model(pre_dir / "model")
             if pre_config.get("tokenizer_sha256") != tokenizer.sha256():
-                raise ValueError(f"{pre_dir / 'model'} was trained with another tokenizer (vocab mismatch): re-run pretrain")
+                raise ValueError(
+                    f"{pre_dir / 'model'} was trained with another tokenizer (vocab mismatch): re-run pretrain"
+                )
             arch, model_values = pre_config["arch"], pre_config["model"]
         else:
             model_values = {**params.model.config_values(), "vocab_size": tokenizer.vocab_size}
@@ -93,24 +106,49 @@ def main() -> None:
         log = fan_out(tracking.metric_logger(), curve)
         metrics: dict = {}
         if ft.task in ("lm", "lm_then_classification"):
-            metrics.update(lm_adapt(backbone, params, tokenizer.sha256(), fan_out(tracking.metric_logger("lm_adapt/")), "finetune-lm"))
+            metrics.update(
+                lm_adapt(
+                    backbone, params, tokenizer.sha256(), fan_out(tracking.metric_logger("lm_adapt/")), "finetune-lm"
+                )
+            )
         extra = {
-            "tokenizer_sha256": tokenizer.sha256(), "max_len": ft.max_len, "label_names": params.ingest.labeled.label_names,
-            "eot_token": tokenizer.eot_token, "pad_token": tokenizer.pad_token,
+            "tokenizer_sha256": tokenizer.sha256(),
+            "max_len": ft.max_len,
+            "label_names": params.ingest.labeled.label_names,
+            "eot_token": tokenizer.eot_token,
+            "pad_token": tokenizer.pad_token,
         }
         example = pd.DataFrame({"text": ["a gorgeous , witty , seductive movie ."]})
         if ft.task == "lm":
-            export_model(out / "models" / "finetuned", backbone, arch, model_values, tok_dir / "tokenizer.json", extra=extra)
-            tracking.log_lmcore_model(out / "models" / "finetuned", "model", params.tracking.lm_model_name + "-adapted" if params.tracking.register_models else None, example)
+            export_model(
+                out / "models" / "finetuned", backbone, arch, model_values, tok_dir / "tokenizer.json", extra=extra
+            )
+            tracking.log_lmcore_model(
+                out / "models" / "finetuned",
+                "model",
+                params.tracking.lm_model_name + "-adapted" if params.tracking.register_models else None,
+                example,
+            )
         else:
             model, metrics["classifier"] = classify(backbone, params, tokenizer.pad_id, log, "finetune")
-            export_model(out / "models" / "finetuned", model, arch, model_values, tok_dir / "tokenizer.json", extra=extra)
-            tracking.log_lmcore_model(out / "models" / "finetuned", "model", params.tracking.classifier_model_name if params.tracking.register_models else None, example)
+            export_model(
+                out / "models" / "finetuned", model, arch, model_values, tok_dir / "tokenizer.json", extra=extra
+            )
+            tracking.log_lmcore_model(
+                out / "models" / "finetuned",
+                "model",
+                params.tracking.classifier_model_name if params.tracking.register_models else None,
+                example,
+            )
         curve.close()
         if ft.scratch_baseline and ft.task != "lm":
             scratch = build_model(arch, build_model_config(arch, model_values))
-            baseline, metrics["scratch"] = classify(scratch, params, tokenizer.pad_id, tracking.metric_logger("scratch/"), "scratch")
-            export_model(out / "models" / "scratch", baseline, arch, model_values, tok_dir / "tokenizer.json", extra=extra)
+            baseline, metrics["scratch"] = classify(
+                scratch, params, tokenizer.pad_id, tracking.metric_logger("scratch/"), "scratch"
+            )
+            export_model(
+                out / "models" / "scratch", baseline, arch, model_values, tok_dir / "tokenizer.json", extra=extra
+            )
         json_dump(out / "metrics.json", metrics)
         tracking.log_metrics(metrics, prefix="final/")
         tracking.log_artifacts(out / "metrics.json", out / "curve.tsv")

@@ -23,7 +23,9 @@ from pipelines.stages.common import fresh_dir, logger, run_stage, stage_dir, swa
 BAD_CHARS = re.compile("[\ufffd\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
-def build_table(path: Path, chunks: Iterator[tuple[list[Record], str | None]], salt: str, fractions: tuple[float, float]) -> dict:
+def build_table(
+    path: Path, chunks: Iterator[tuple[list[Record], str | None]], salt: str, fractions: tuple[float, float]
+) -> dict:
     """Write records to parquet in chunks; returns counts. `chunks` yields (records, fixed split)."""
     seen: set[bytes] = set()  # 32 bytes per document: the only state that grows with the corpus
     counts: Counter = Counter()
@@ -48,7 +50,9 @@ def build_table(path: Path, chunks: Iterator[tuple[list[Record], str | None]], s
                 "text": record.text,
                 "n_chars": len(record.text),
                 "bad_char_fraction": len(BAD_CHARS.findall(record.text)) / max(len(record.text), 1),
-                "source": str(Path(record.source).relative_to(ROOT)) if record.source.startswith(str(ROOT)) else record.source,
+                "source": str(Path(record.source).relative_to(ROOT))
+                if record.source.startswith(str(ROOT))
+                else record.source,
             }
             if record.label is not None:
                 row["label"] = record.label
@@ -72,7 +76,13 @@ def build_table(path: Path, chunks: Iterator[tuple[list[Record], str | None]], s
 def pretrain_chunks(params) -> Iterator[tuple[list[Record], None]]:
     for location in expand_sources(params.ingest.pretrain.sources, ROOT):
         logger.info("reading %s", location)
-        for chunk in iter_records(location, params.ingest.pretrain.document_split, params.ingest.pretrain.text_field, None, params.ingest.chunk_rows):
+        for chunk in iter_records(
+            location,
+            params.ingest.pretrain.document_split,
+            params.ingest.pretrain.text_field,
+            None,
+            params.ingest.chunk_rows,
+        ):
             yield [r for r in chunk if r.text], None  # blank pieces between documents are not documents
 
 
@@ -84,7 +94,9 @@ def labeled_chunks(params) -> Iterator[tuple[list[Record], str | None]]:
     for source in sources:
         for location in expand_sources([source.path], ROOT):
             logger.info("reading %s", location)
-            for chunk in iter_records(location, "line", labeled.text_field, labeled.label_field, params.ingest.chunk_rows):
+            for chunk in iter_records(
+                location, "line", labeled.text_field, labeled.label_field, params.ingest.chunk_rows
+            ):
                 yield chunk, None if source.split == "auto" else source.split
 
 
@@ -96,11 +108,16 @@ def main() -> None:
         ingest = params.ingest
         stats = {
             "pretrain": build_table(
-                tmp / "pretrain.parquet", pretrain_chunks(params), ingest.split_salt,
+                tmp / "pretrain.parquet",
+                pretrain_chunks(params),
+                ingest.split_salt,
                 (ingest.pretrain.validation_fraction, ingest.pretrain.test_fraction),
             ),
             "labeled": build_table(
-                tmp / "labeled.parquet", labeled_chunks(params), ingest.split_salt, (ingest.labeled.validation_fraction, 0.0)
+                tmp / "labeled.parquet",
+                labeled_chunks(params),
+                ingest.split_salt,
+                (ingest.labeled.validation_fraction, 0.0),
             ),
         }
         json_dump(tmp / "stats.json", stats)

@@ -54,7 +54,11 @@ def main() -> None:
     checkpoint_dir = out / "checkpoints"
     arch = params.model.arch
     with tracking.stage_run(
-        "pretrain", params.tracking.experiment, {"model": raw["model"], "pretrain": raw["pretrain"]}, out, {"tokenizer": tok_dir}
+        "pretrain",
+        params.tracking.experiment,
+        {"model": raw["model"], "pretrain": raw["pretrain"]},
+        out,
+        {"tokenizer": tok_dir},
     ):
         tokenizer = load_tokenizer(tok_dir / "tokenizer.json", params.tokenizer.eot_token, params.tokenizer.pad_token)
         train_data, _ = open_stream("pretrain_train", tokenizer.sha256())
@@ -65,7 +69,9 @@ def main() -> None:
         check_block_size(train_data, block_size, "pretrain train split")
         check_block_size(val_data, block_size, "pretrain validation split")
         model = build_model(arch, config)
-        fingerprint = hashlib.sha256(json.dumps([arch, model_values, raw["pretrain"], tokenizer.sha256()], sort_keys=True).encode()).hexdigest()
+        fingerprint = hashlib.sha256(
+            json.dumps([arch, model_values, raw["pretrain"], tokenizer.sha256()], sort_keys=True).encode()
+        ).hexdigest()
         discard_stale_checkpoint(checkpoint_dir, fingerprint)
 
         history = MetricHistory()
@@ -76,13 +82,24 @@ def main() -> None:
             params.pretrain,
             lambda g: get_batch(train_data, batch_size, block_size, g),
             lm_loss,
-            evaluate=lambda m: evaluate_lm(m, val_data, block_size, params.evaluate.batch_size, params.evaluate.num_windows, val_meta.bytes_per_token),
+            evaluate=lambda m: evaluate_lm(
+                m,
+                val_data,
+                block_size,
+                params.evaluate.batch_size,
+                params.evaluate.num_windows,
+                val_meta.bytes_per_token,
+            ),
             log=fan_out(tracking.metric_logger(), curve, history, Progress(params.pretrain.max_steps, "pretrain")),
             checkpoint_dir=checkpoint_dir,
             checkpoint_extra={"fingerprint": fingerprint, "tokenizer_sha256": tokenizer.sha256()},
         )
         curve.close()
-        extra = {"tokenizer_sha256": tokenizer.sha256(), "eot_token": tokenizer.eot_token, "pad_token": tokenizer.pad_token}
+        extra = {
+            "tokenizer_sha256": tokenizer.sha256(),
+            "eot_token": tokenizer.eot_token,
+            "pad_token": tokenizer.pad_token,
+        }
         export_model(out / "model", model, arch, model_values, tok_dir / "tokenizer.json", extra=extra)
         metrics = {
             "val": result.eval_metrics,
@@ -97,7 +114,9 @@ def main() -> None:
         tracking.log_metrics(metrics, prefix="final/")
         tracking.log_artifacts(out / "metrics.json", out / "curve.tsv")
         version = tracking.log_lmcore_model(
-            out / "model", "model", params.tracking.lm_model_name if params.tracking.register_models else None,
+            out / "model",
+            "model",
+            params.tracking.lm_model_name if params.tracking.register_models else None,
             pd.DataFrame({"text": ["ROMEO:"]}),
             params=GENERATION_DEFAULTS,
         )

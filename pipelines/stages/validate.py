@@ -52,7 +52,10 @@ def main() -> None:
             message = "\n".join(f"  - {line}" for line in summary["failed_expectations"])
             logger.error(
                 "data validation failed (%d expectations); results and Data Docs in %s; MLflow run %s\n%s",
-                len(failures), failed_dir, run.info.run_id, message,
+                len(failures),
+                failed_dir,
+                run.info.run_id,
+                message,
             )
             print(f"VALIDATION FAILED:\n{message}", file=sys.stdout, flush=True)
             raise SystemExit(1)

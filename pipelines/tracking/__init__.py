@@ -100,7 +100,11 @@ def stage_run(
     """An MLflow run for one stage execution; writes `<out_dir>/run.json` when it succeeds."""
     configure(experiment)
     links = {name: read_run_info(path) for name, path in (upstream or {}).items()}
-    group = next((info["group"] for info in links.values() if info), None) or os.environ.get("LMCORE_PIPELINE_GROUP") or uuid.uuid4().hex[:12]
+    group = (
+        next((info["group"] for info in links.values() if info), None)
+        or os.environ.get("LMCORE_PIPELINE_GROUP")
+        or uuid.uuid4().hex[:12]
+    )
     tags = {
         "stage": stage,
         "pipeline_group": group,
@@ -156,7 +160,11 @@ def log_figure(figure: Any, artifact_file: str) -> None:
 
 
 def log_lmcore_model(
-    model_dir: Path, name: str, registered_name: str | None, input_example: pd.DataFrame, params: dict[str, Any] | None = None
+    model_dir: Path,
+    name: str,
+    registered_name: str | None,
+    input_example: pd.DataFrame,
+    params: dict[str, Any] | None = None,
 ) -> str | None:
     """Log an exported lmcore model folder as a pyfunc model; register it when a name is given.
 

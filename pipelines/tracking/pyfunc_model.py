@@ -36,7 +36,9 @@ class LmcoreModel(PythonModel):
         if "classifier" in self.config:
             examples = LabeledExamples(self.tokenizer.encode_batch(texts), [0] * len(texts))
             with torch.no_grad():
-                predicted, probs = predict_classes(self.model, examples, self.tokenizer.pad_id, self.config.get("max_len", 128))
+                predicted, probs = predict_classes(
+                    self.model, examples, self.tokenizer.pad_id, self.config.get("max_len", 128)
+                )
             names = self.config.get("label_names") or [str(i) for i in range(probs.shape[1])]
             return pd.DataFrame({"label": [names[i] for i in predicted], "probability": probs.max(1)})
         outputs = []

@@ -1,0 +1,175 @@
+"""The real pipeline on a tiny copy of the project: DVC runs it, MLflow records it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import warnings
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.pipelines.conftest import dvc
+
+pytestmark = pytest.mark.e2e
+STAGES = ["ingest", "validate", "tokenizer", "pretrain", "finetune", "evaluate"]
+
+
+def mlflow_client(project):
+    import mlflow
+
+    warnings.filterwarnings("ignore")
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    return mlflow, mlflow.MlflowClient()
+
+
+def stage_runs(project) -> dict[str, object]:
+    mlflow, client = mlflow_client(project)
+    experiment = client.get_experiment_by_name("lmcore-test")
+    runs = client.search_runs(
+        [experiment.experiment_id], "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"]
+    )
+    latest = {}
+    for run in runs:
+        latest.setdefault(run.data.tags["stage"], run)
+    return latest
+
+
+def test_outputs_and_dvc_metrics(tiny_project):
+    for path in [
+        "outputs/ingest/pretrain.parquet",
+        "outputs/ingest/labeled.parquet",
+        "outputs/validate/summary.json",
+        "outputs/validate/data_docs/index.html",
+        "outputs/tokenizer/tokenizer.json",
+        "outputs/tokenizer/streams/pretrain_train.bin",
+        "outputs/pretrain/model/model.safetensors",
+        "outputs/pretrain/checkpoints/checkpoint.pt",
+        "outputs/finetune/models/finetuned/config.json",
+        "outputs/finetune/models/scratch/config.json",
+        "outputs/evaluate/report.md",
+        "outputs/evaluate/plots/pretrain_loss.png",
+        "outputs/evaluate/samples.txt",
+    ]:
+        assert (tiny_project / path).exists(), path
+    metrics = json.loads(dvc(tiny_project, "metrics", "show", "--json").stdout)
+    files = next(iter(metrics.values()))["data"]
+    evaluation = files["outputs/evaluate/metrics.json"]["data"]
+    assert set(evaluation["classification"]) == {"finetuned", "scratch", "tfidf_logreg", "majority"}
+    assert 0.0 <= evaluation["classification"]["finetuned"]["accuracy"] <= 1.0
+    assert evaluation["lm"]["test"]["bits_per_byte"] > 0
+    assert files["outputs/pretrain/metrics.json"]["data"]["steps"] == 30
+    ingested = pd.read_parquet(tiny_project / "outputs/ingest/labeled.parquet")
+    assert set(ingested["split"]) == {"train", "validation", "test"} and (ingested["split"] == "test").sum() == 200
+
+
+def test_mlflow_runs_params_metrics_artifacts_and_lineage(tiny_project):
+    mlflow, client = mlflow_client(tiny_project)
+    runs = stage_runs(tiny_project)
+    assert set(runs) == set(STAGES)
+    groups = {run.data.tags["pipeline_group"] for run in runs.values()}
+    assert len(groups) == 1
+    assert runs["finetune"].data.tags["upstream.pretrain"] == runs["pretrain"].info.run_id
+    assert runs["evaluate"].data.tags["upstream.finetune"] == runs["finetune"].info.run_id
+    for run in runs.values():
+        assert run.data.tags["git_commit"] and run.data.tags["git_dirty"] in ("true", "false")
+    assert runs["pretrain"].data.params["pretrain.max_steps"] == "30"
+    assert runs["pretrain"].data.tags["dvc.dep.outputs/tokenizer/tokenizer.json"]
+    history = client.get_metric_history(runs["pretrain"].info.run_id, "train/loss")
+    assert len(history) == 6 and [m.step for m in history] == [5, 10, 15, 20, 25, 30]
+    assert "val/bits_per_byte" in runs["pretrain"].data.metrics
+    artifacts = {a.path for a in client.list_artifacts(runs["validate"].info.run_id)}
+    assert "data_docs" in artifacts and "summary.json" in artifacts
+    assert "tokenizer.json" in {a.path for a in client.list_artifacts(runs["tokenizer"].info.run_id)}
+    assert {"report.md", "plots"} <= {a.path for a in client.list_artifacts(runs["evaluate"].info.run_id)}
+    inputs = runs["ingest"].inputs.dataset_inputs
+    assert {d.dataset.name for d in inputs} == {"pretrain", "labeled"} and all(d.dataset.digest for d in inputs)
+
+
+def test_registered_models_load_and_predict(tiny_project):
+    mlflow, client = mlflow_client(tiny_project)
+    for name in ("lmcore-lm", "lmcore-classifier"):
+        assert [str(v.version) for v in client.search_model_versions(f"name='{name}'")] == ["1"]
+    classifier = mlflow.pyfunc.load_model("models:/lmcore-classifier/1")
+    predicted = classifier.predict(pd.DataFrame({"text": ["a fine film .", "boring ."]}))
+    assert set(predicted["label"]) <= {"negative", "positive"} and len(predicted) == 2
+    lm = mlflow.pyfunc.load_model("models:/lmcore-lm/1")
+    generated = lm.predict(pd.DataFrame({"text": ["ROMEO:"]}), params={"max_new_tokens": 5, "seed": 1})
+    assert isinstance(generated["generated"][0], str)
+
+
+def test_nothing_changed_is_a_fast_no_op(tiny_project):
+    start = time.perf_counter()
+    result = dvc(tiny_project, "repro")
+    assert "is up to date" in result.stdout or "didn't change" in result.stdout, result.stdout
+    assert time.perf_counter() - start < 10
+
+
+def test_misspelled_params_key_is_an_error_naming_it(tiny_project):
+    params_path = tiny_project / "params.yaml"
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
+    params["pretrain"]["max_stepz"] = params["pretrain"].pop("max_steps")
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        result = dvc(tiny_project, "repro", check=False)
+    finally:
+        params_path.write_text(original)
+    assert result.returncode != 0
+    assert "pretrain.max_stepz" in result.stdout + result.stderr
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+BAD_INPUTS = {
+    "empty file": ("corpus.txt", b"", "pretrain", "the file is empty"),
+    "binary junk": ("corpus.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "pretrain", "NUL byte"),
+    "invalid utf-8": ("corpus.txt", "caf\u00e9 ".encode("latin-1") * 20, "pretrain", "invalid UTF-8 at byte offset 3"),
+    "missing column": ("extra.tsv", b"text\tlabel\nfine film\t1\n", "labeled", "missing column 'sentence'"),
+    "unknown label": (
+        "extra.tsv",
+        b"sentence\tlabel\nfine film\t7\n",
+        "labeled",
+        "expect_column_values_to_be_in_set on column 'label'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_fails_closed_and_keeps_previous_outputs(tiny_project, case):
+    name, content, table, message = BAD_INPUTS[case]
+    bad = tiny_project / "data" / "bad" / name
+    bad.parent.mkdir(exist_ok=True)
+    bad.write_bytes(content)
+    params_path = tiny_project / "params.yaml"
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
+    if table == "pretrain":
+        params["ingest"]["pretrain"]["sources"].append(f"data/bad/{name}")
+    else:
+        params["ingest"]["labeled"]["sources"].append({"path": f"data/bad/{name}", "split": "auto"})
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    kept = {
+        p: digest(tiny_project / p)
+        for p in ("outputs/ingest/labeled.parquet", "outputs/validate/summary.json", "outputs/evaluate/metrics.json")
+    }
+    try:
+        result = dvc(tiny_project, "repro", check=False)
+    finally:
+        params_path.write_text(original)
+        bad.unlink()
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert message in output, output[-3000:]
+    if case != "unknown label":
+        assert name in output
+    for path, before in kept.items():
+        if case == "unknown label" and path.startswith("outputs/ingest"):
+            continue  # ingest succeeded on readable data; validation is what stopped it
+        assert digest(tiny_project / path) == before, path
+    assert "failed to reproduce 'ingest'" in output or "failed to reproduce 'validate'" in output
+    assert "Running stage 'tokenizer'" not in output
