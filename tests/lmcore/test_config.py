@@ -43,7 +43,9 @@ def test_errors_name_the_key(values, message):
 
 def test_require_all_rejects_missing_defaults():
     with pytest.raises(ValueError, match="missing config key 'rate'"):
-        config_from_dict(Outer, {"name": "x", "inner": {"width": 1}}, require_all=True)
+        config_from_dict(Outer, {"name": "x", "inner": {"width": 1, "kind": "a"}}, require_all=True)
+    with pytest.raises(ValueError, match="missing config key 'inner.kind'"):  # nested sections too
+        config_from_dict(Outer, {"name": "x", "inner": {"width": 1}, "rate": 0.1}, require_all=True)
 
 
 @pytest.mark.parametrize(
@@ -66,3 +68,16 @@ def test_train_config_errors():
         TrainConfig(learning_rate=1e-3, min_lr=1e-2)
     with pytest.raises(ValueError, match="train.max_steps"):
         TrainConfig(max_steps=0)
+
+
+def test_presets_build():
+    from lmcore.config import config_from_dict
+    from lmcore.models import build_model
+    from lmcore.presets import PRESETS, get_preset
+
+    for name, preset in PRESETS.items():
+        model_config = build_model_config(preset["arch"], {**preset["model"], "vocab_size": 65})
+        assert build_model(preset["arch"], model_config).num_params() > 0, name
+        config_from_dict(TrainConfig, preset["train"], f"presets.{name}")
+    with pytest.raises(ValueError, match="unknown preset"):
+        get_preset("gpt-9000")

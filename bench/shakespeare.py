@@ -1,0 +1,147 @@
+"""Benchmark: character-level Tiny Shakespeare with lmcore, against nanoGPT's documented CPU run.
+
+Split as nanoGPT: first 90% of characters train, last 10% validation; vocabulary = the 65
+characters of the file. Validation loss is measured on a fixed set of windows (default 400 x
+64 characters), not nanoGPT's 240 fresh random windows (which read about 0.01 lower).
+
+  python bench/shakespeare.py --preset nanogpt-char            # throughput and final loss
+  python bench/shakespeare.py --preset lstm-fast-char --target 1.886 --eval-interval 50
+  python bench/shakespeare.py --preset gpt-fast-char --device cuda --gpt2-small   # GPU MFU
+
+Prints tokens/s, ms/step (median), MFU against a matmul peak measured here, the validation loss
+and, with --target, the wall time (training and evaluation) to reach it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmcore.config import config_from_dict
+from lmcore.data import get_batch
+from lmcore.evaluate import evaluate_lm
+from lmcore.models import build_model, build_model_config
+from lmcore.presets import get_preset
+from lmcore.train import TrainConfig, lm_loss, measure_peak_flops, resolve_device, resolve_dtype, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class TargetReached(Exception):
+    pass
+
+
+def load_char_data(path: Path) -> tuple[np.ndarray, np.ndarray, int]:
+    text = path.read_text()
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    ids = np.fromiter((stoi[c] for c in text), dtype=np.uint16, count=len(text))
+    n = int(0.9 * len(ids))
+    return ids[:n], ids[n:], len(chars)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="nanogpt-char")
+    parser.add_argument("--steps", type=int, default=0, help="override the preset's max_steps")
+    parser.add_argument("--target", type=float, default=0.0, help="stop when validation loss <= target")
+    parser.add_argument(
+        "--eval-interval", type=int, default=0, help="evaluate every N steps (default: only at the end)"
+    )
+    parser.add_argument("--eval-windows", type=int, default=400)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--gpt2-small", action="store_true", help="GPT-2-small shape (12x768, block 1024) for GPU MFU")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    preset = get_preset(args.preset)
+    train_ids, val_ids, vocab_size = load_char_data(ROOT / "data/tinyshakespeare/input.txt")
+    model_values = {**preset["model"], "vocab_size": vocab_size}
+    train_values = dict(preset["train"])
+    if args.gpt2_small:
+        model_values.update(block_size=1024, n_layer=12, n_head=12, n_embd=768)
+        train_values.update(batch_size=16)
+    if args.steps:
+        train_values.update(max_steps=args.steps, lr_decay_steps=args.steps)
+    eval_interval = args.eval_interval or train_values["max_steps"]
+    config = config_from_dict(
+        TrainConfig,
+        {
+            **train_values,
+            "eval_interval": eval_interval,
+            "checkpoint_interval": 10**9,
+            "log_interval": 10,
+            "device": args.device,
+            "compile": args.compile,
+            "seed": 1337,
+        },
+    )
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(config.dtype, device)
+    peak = measure_peak_flops(device, dtype, size=4096 if device.type == "cuda" else 2048, repeats=10)
+    config = dataclasses.replace(config, peak_flops=peak)
+    torch.manual_seed(1337)
+    model = build_model(preset["arch"], build_model_config(preset["arch"], model_values))
+    block_size, batch_size = model_values["block_size"], config.batch_size
+
+    logs: list[dict] = []
+    evals: list[tuple[int, float, float]] = []
+    start = time.perf_counter()
+
+    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        metrics = evaluate_lm(m, val_ids, block_size, 64, args.eval_windows)
+        return metrics
+
+    def log(step: int, metrics: dict[str, float]) -> None:
+        if "val/loss" in metrics:
+            elapsed = time.perf_counter() - start
+            evals.append((step, metrics["val/loss"], elapsed))
+            print(f"step {step:5d} val {metrics['val/loss']:.4f} at {elapsed:.1f}s", flush=True)
+            if args.target and metrics["val/loss"] <= args.target:
+                raise TargetReached
+        else:
+            logs.append(metrics)
+
+    reached = False
+    try:
+        train(model, config, lambda g: get_batch(train_ids, batch_size, block_size, g), lm_loss, evaluate, log)
+    except TargetReached:
+        reached = True
+    wall = time.perf_counter() - start
+    step_ms = statistics.median(m["train/step_ms"] for m in logs[1:] or logs)
+    tokens_per_sec = statistics.median(m["train/tokens_per_sec"] for m in logs[1:] or logs)
+    figures = {
+        "preset": args.preset,
+        "arch": preset["arch"],
+        "params": model.num_params(),
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "threads": args.threads,
+        "steps": evals[-1][0] if evals else None,
+        "tokens_per_sec": round(tokens_per_sec),
+        "ms_per_step": round(step_ms, 2),
+        "mfu": round(statistics.median(m["train/mfu"] for m in logs[1:] or logs), 4),
+        "peak_gflops": round(peak / 1e9, 1),
+        "final_val_loss": round(evals[-1][1], 4) if evals else None,
+        "wall_seconds": round(wall, 1),
+        "target": args.target or None,
+        "target_reached": reached if args.target else None,
+        "time_to_target_s": round(evals[-1][2], 1) if reached else None,
+    }
+    print(json.dumps(figures, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

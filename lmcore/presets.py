@@ -1,0 +1,84 @@
+"""Named recipes (architecture + optimizer + schedule) measured on character-level Tiny Shakespeare.
+
+`nanogpt-char` is nanoGPT's documented CPU configuration, the reference. The others are the
+fastest recipes found for reaching nanoGPT's validation loss (see bench/shakespeare.py and the
+README for the figures). Each entry: arch, model config values, training config values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "nanogpt-char": {
+        "arch": "gpt",
+        "model": {
+            "block_size": 64,
+            "n_layer": 4,
+            "n_head": 4,
+            "n_embd": 128,
+            "dropout": 0.0,
+            "bias": False,
+            "norm": "layernorm",
+            "position": "learned",
+            "mlp": "gelu",
+        },
+        "train": {
+            "batch_size": 12,
+            "learning_rate": 1e-3,
+            "min_lr": 1e-4,
+            "warmup_steps": 100,
+            "lr_decay_steps": 2000,
+            "max_steps": 2000,
+            "beta2": 0.99,
+            "weight_decay": 0.1,
+            "grad_clip": 1.0,
+        },
+    },
+    "gpt-fast-char": {
+        "arch": "gpt",
+        "model": {
+            "block_size": 64,
+            "n_layer": 4,
+            "n_head": 4,
+            "n_embd": 128,
+            "dropout": 0.0,
+            "bias": False,
+            "norm": "rmsnorm",
+            "position": "rotary",
+            "mlp": "relu2",
+        },
+        "train": {
+            "batch_size": 32,
+            "learning_rate": 3e-3,
+            "min_lr": 3e-4,
+            "warmup_steps": 30,
+            "lr_decay_steps": 1500,
+            "max_steps": 1500,
+            "beta2": 0.99,
+            "weight_decay": 0.1,
+            "grad_clip": 1.0,
+        },
+    },
+    "lstm-fast-char": {
+        "arch": "lstm",
+        "model": {"block_size": 64, "n_layer": 2, "n_embd": 128, "n_hidden": 256, "dropout": 0.0},
+        "train": {
+            "batch_size": 16,
+            "learning_rate": 3e-3,
+            "min_lr": 3e-4,
+            "warmup_steps": 20,
+            "lr_decay_steps": 1000,
+            "max_steps": 1000,
+            "beta2": 0.99,
+            "weight_decay": 0.1,
+            "grad_clip": 1.0,
+        },
+    },
+}
+
+
+def get_preset(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+    return PRESETS[name]

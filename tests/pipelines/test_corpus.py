@@ -1,0 +1,113 @@
+import functools
+import gzip
+import http.server
+import json
+import threading
+
+import pandas as pd
+import pytest
+
+from pipelines.corpus import SourceError, assign_split, expand_sources, iter_records, iter_text_documents, text_hash
+
+
+def records(location, rule="blank_line", text_field="text", label_field=None, chunk_rows=3):
+    return [r for chunk in iter_records(str(location), rule, text_field, label_field, chunk_rows) for r in chunk]
+
+
+def test_text_is_normalised_and_split_into_documents(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_bytes("\ufeffOne\r\nline\r\n\r\nCafe\u0301\n\nthree".encode())
+    texts = [r.text for r in records(path)]
+    assert texts == ["One\nline", "Caf\u00e9", "three"]
+    assert [r.text for r in records(path, rule="line") if r.text] == ["One", "line", "Caf\u00e9", "three"]
+    assert [r.text for r in records(path, rule="file")] == ["One\nline\n\nCaf\u00e9\n\nthree"]
+
+
+def test_documents_split_across_read_blocks(tmp_path, monkeypatch):
+    import pipelines.corpus as corpus
+
+    monkeypatch.setattr(corpus, "READ_BLOCK", 7)
+    path = tmp_path / "a.txt"
+    path.write_text("alpha beta\n\ngamma delta epsilon\n\nzeta\u00e9\u00e9\u00e9")
+    assert list(iter_text_documents(str(path), "blank_line")) == [
+        "alpha beta",
+        "gamma delta epsilon",
+        "zeta\u00e9\u00e9\u00e9",
+    ]
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_tables_of_every_format(tmp_path, compress):
+    frame = pd.DataFrame({"body": ["first text", "second, with comma", "third"], "label": ["1", "0", "1"]})
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    frame.to_csv(tmp_path / "t.tsv", sep="\t", index=False)
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(row) + "\n" for row in frame.to_dict("records")))
+    frame.to_parquet(tmp_path / "t.parquet")
+    for name in ("t.csv", "t.tsv", "t.jsonl", "t.parquet"):
+        path = tmp_path / name
+        if compress:
+            gz = tmp_path / (name + ".gz")
+            gz.write_bytes(gzip.compress(path.read_bytes()))
+            path = gz
+        got = records(path, text_field="body", label_field="label", chunk_rows=2)
+        assert [(r.text, r.label) for r in got] == list(zip(frame["body"], frame["label"], strict=True)), name
+
+
+def test_expand_folders_and_globs(tmp_path):
+    (tmp_path / "c" / "sub").mkdir(parents=True)
+    for name in ("c/a.txt", "c/sub/b.md", "c/skip.bin", "c/d.txt.gz"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.split("/c/")[1] for p in expand_sources(["c"], tmp_path)] == ["a.txt", "d.txt.gz", "sub/b.md"]
+    assert [p.split("/c/")[1] for p in expand_sources(["c/*.txt"], tmp_path)] == ["a.txt"]
+    with pytest.raises(SourceError, match="does not exist"):
+        expand_sources(["nope.txt"], tmp_path)
+    with pytest.raises(SourceError, match="matched no files"):
+        expand_sources(["c/*.csv"], tmp_path)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "the file is empty"),
+        (b"ok text\x00\x01\x02", "NUL byte at offset 7"),
+        (b"abc\xff\xfe", "invalid UTF-8 at byte offset 3"),
+    ],
+)
+def test_bad_text_names_file_and_problem(tmp_path, content, message):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(content)
+    with pytest.raises(SourceError, match=message) as error:
+        records(path)
+    assert "bad.txt" in str(error.value)
+
+
+def test_missing_column_is_named(tmp_path):
+    (tmp_path / "t.csv").write_text("text,label\nhello,1\n")
+    with pytest.raises(SourceError, match="missing column 'sentence'"):
+        records(tmp_path / "t.csv", text_field="sentence", label_field="label")
+
+
+def test_reads_from_an_http_url(tmp_path):
+    (tmp_path / "remote.txt").write_text("served doc one\n\nserved doc two\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/remote.txt"
+        assert [r.text for r in records(url)] == ["served doc one", "served doc two"]
+        with pytest.raises(SourceError, match="cannot download"):
+            records(url.replace("remote", "missing"))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_split_assignment_is_stable_and_proportional():
+    digests = [text_hash(f"document {i}") for i in range(20000)]
+    splits = [assign_split(d, "salt", 0.1, 0.05) for d in digests]
+    assert abs(splits.count("validation") / 20000 - 0.1) < 0.01
+    assert abs(splits.count("test") / 20000 - 0.05) < 0.01
+    # Adding documents never moves an old one: the split depends on its own hash only.
+    assert splits[:100] == [assign_split(d, "salt", 0.1, 0.05) for d in digests[:100]]
+    assert splits != [assign_split(d, "other salt", 0.1, 0.05) for d in digests]

@@ -1,0 +1,49 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.params import flatten, load_params
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path, mutate) -> Path:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    mutate(params)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_the_shipped_params_load():
+    params = load_params(ROOT / "params.yaml")
+    assert params.model.arch in ("gpt", "lstm", "gru")
+    assert params.pretrain.max_steps > 0
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda p: p["pretrain"].update(max_stepz=3), "unknown config key 'pretrain.max_stepz'"),
+        (lambda p: p["model"]["gpt"].update(n_layr=3), "unknown config key 'model.gpt.n_layr'"),
+        (lambda p: p["model"]["gpt"].update(n_embd=30), "n_embd=30 is not divisible"),
+        (lambda p: p["model"].update(arch="mamba"), "model.arch='mamba'"),
+        (lambda p: p["finetune"]["train"].pop("learning_rate"), "missing config key 'finetune.train.learning_rate'"),
+        (lambda p: p.update(trainng={}), "unknown config key 'trainng'"),
+        (lambda p: p["tokenizer"].update(kind="wordpiece"), "'tokenizer.kind' must be one of"),
+        (
+            lambda p: p["ingest"]["labeled"]["sources"][0].update(split="dev"),
+            r"'ingest.labeled.sources\[0\].split' must be one of",
+        ),
+    ],
+)
+def test_errors_name_file_and_key(tmp_path, mutate, message):
+    path = write(tmp_path, mutate)
+    with pytest.raises(ValueError, match=message) as error:
+        load_params(path)
+    assert str(path) in str(error.value)
+
+
+def test_flatten():
+    assert flatten({"a": {"b": 1, "c": {"d": [1]}}, "e": 2}) == {"a.b": 1, "a.c.d": [1], "e": 2}
