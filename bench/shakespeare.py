@@ -60,6 +60,13 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--gpt2-small", action="store_true", help="GPT-2-small shape (12x768, block 1024) for GPU MFU")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset value, e.g. --set train.learning_rate=0.004 --set model.n_layer=6",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
 
@@ -73,6 +80,12 @@ def main() -> None:
         train_values.update(batch_size=16)
     if args.steps:
         train_values.update(max_steps=args.steps, lr_decay_steps=args.steps)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        if section not in ("model", "train") or not name:
+            raise ValueError(f"--set takes model.KEY=VALUE or train.KEY=VALUE, got {item!r}")
+        (model_values if section == "model" else train_values)[name] = json.loads(value)
     eval_interval = args.eval_interval or train_values["max_steps"]
     config = config_from_dict(
         TrainConfig,
