@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from lmcore.train import LogFn
@@ -121,6 +122,25 @@ def open_stream(name: str, tokenizer_sha256: str):
             f"{path} was encoded by tokenizer {meta.tokenizer_sha256[:12]}, not {tokenizer_sha256[:12]}: re-run the tokenizer stage"
         )
     return data, meta
+
+
+class ComputeClock:
+    """Seconds a stage spends on its real work (reading and encoding data, training, evaluating),
+    logged as `timing/compute_seconds`; the rest of a run is overhead (bench/pipeline_overhead.py)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    @contextlib.contextmanager
+    def measure(self) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def metrics(self) -> dict[str, float]:
+        return {"timing/compute_seconds": self.seconds}
 
 
 class MetricHistory:

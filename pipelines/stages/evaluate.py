@@ -27,7 +27,7 @@ from lmcore.tokenizer import load_tokenizer  # noqa: E402
 from pipelines import tracking  # noqa: E402
 from pipelines.corpus import json_dump  # noqa: E402
 from pipelines.params import Params, load_params, load_raw_params  # noqa: E402
-from pipelines.stages.common import logger, open_stream, run_stage, stage_dir  # noqa: E402
+from pipelines.stages.common import ComputeClock, logger, open_stream, run_stage, stage_dir  # noqa: E402
 
 
 def lm_metrics(model, params: Params, tokenizer_sha: str) -> dict:
@@ -52,6 +52,54 @@ def tfidf_predictions(ingested: Path, labels: list[str]) -> tuple[np.ndarray, np
     classifier = LogisticRegression(max_iter=1000, C=4.0)
     classifier.fit(vectorizer.fit_transform(train["text"]), train["label"].map(labels.index))
     return classifier.predict(vectorizer.transform(test["text"])), train["label"].map(labels.index).to_numpy()
+
+
+def sample_texts(lm, tokenizer, s) -> list[str]:
+    samples = []
+    for i, prompt in enumerate(s.prompts):
+        prompt_ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
+        ids = generate(lm, prompt_ids, s.max_new_tokens, s.temperature, s.top_k, s.top_p, s.seed + i, tokenizer.eot_id)
+        samples.append(f"--- prompt {prompt!r}\n{prompt}{tokenizer.decode(ids)}\n")
+    return samples
+
+
+def classification_results(params: Params, pad_id: int) -> dict:
+    """Every classifier on the labeled test split, with intervals and paired differences."""
+    test_set = load_labeled(stage_dir("tokenizer") / "streams" / "labeled_test.npz")
+    y_true = np.asarray(test_set.labels)
+    num_classes = len(params.ingest.labeled.labels)
+    predictions: dict[str, np.ndarray] = {}
+    for name in ("finetuned", "scratch"):
+        path = stage_dir("finetune") / "models" / name
+        if path.exists():
+            model, config = load_model(path)
+            if isinstance(model, SequenceClassifier):
+                predictions[name], _ = predict_classes(
+                    model, test_set, pad_id, config["max_len"], params.evaluate.batch_size
+                )
+    tfidf, train_labels = tfidf_predictions(stage_dir("ingest"), params.ingest.labeled.labels)
+    if params.evaluate.tfidf_baseline:
+        predictions["tfidf_logreg"] = tfidf
+    predictions["majority"] = np.full_like(y_true, np.bincount(train_labels, minlength=num_classes).argmax())
+
+    results = {}
+    samples_n = params.evaluate.bootstrap_samples
+    reference = (predictions["finetuned"] == y_true) if "finetuned" in predictions else None
+    for name, predicted in predictions.items():
+        correct = predicted == y_true
+        entry = {
+            **classification_metrics(y_true, predicted, num_classes),
+            **bootstrap_accuracy(correct, None, samples_n),
+        }
+        if reference is not None and name != "finetuned":
+            paired = bootstrap_accuracy(reference, correct, samples_n)
+            entry.update(
+                finetuned_minus_this=paired["diff"],
+                diff_ci_low=paired["diff_ci_low"],
+                diff_ci_high=paired["diff_ci_high"],
+            )
+        results[name] = entry
+    return results
 
 
 def plot_curves(out: Path) -> Path | None:
@@ -101,60 +149,16 @@ def main() -> None:
     with tracking.stage_run(
         "evaluate", params.tracking.experiment, {"evaluate": load_raw_params()["evaluate"]}, out, upstream
     ):
-        tokenizer = load_tokenizer(tok_dir / "tokenizer.json", params.tokenizer.eot_token, params.tokenizer.pad_token)
-        lm, _ = load_model(pre_dir / "model")
-        metrics: dict = {"lm": lm_metrics(lm, params, tokenizer.sha256())}
-
-        s = params.evaluate.samples
-        samples = []
-        for i, prompt in enumerate(s.prompts):
-            ids = generate(
-                lm,
-                tokenizer.encode(prompt) or [tokenizer.eot_id],
-                s.max_new_tokens,
-                s.temperature,
-                s.top_k,
-                s.top_p,
-                s.seed + i,
-                tokenizer.eot_id,
+        clock = ComputeClock()
+        with clock.measure():
+            tokenizer = load_tokenizer(
+                tok_dir / "tokenizer.json", params.tokenizer.eot_token, params.tokenizer.pad_token
             )
-            samples.append(f"--- prompt {prompt!r}\n{prompt}{tokenizer.decode(ids)}\n")
+            lm, _ = load_model(pre_dir / "model")
+            metrics: dict = {"lm": lm_metrics(lm, params, tokenizer.sha256())}
+            samples = sample_texts(lm, tokenizer, params.evaluate.samples)
+            classification = classification_results(params, tokenizer.pad_id)
         (out / "samples.txt").write_text("\n".join(samples))
-
-        test_set = load_labeled(tok_dir / "streams" / "labeled_test.npz")
-        y_true = np.asarray(test_set.labels)
-        num_classes = len(params.ingest.labeled.labels)
-        predictions: dict[str, np.ndarray] = {}
-        for name in ("finetuned", "scratch"):
-            path = ft_dir / "models" / name
-            if path.exists():
-                model, config = load_model(path)
-                if isinstance(model, SequenceClassifier):
-                    predictions[name], _ = predict_classes(
-                        model, test_set, tokenizer.pad_id, config["max_len"], params.evaluate.batch_size
-                    )
-        tfidf, train_labels = tfidf_predictions(stage_dir("ingest"), params.ingest.labeled.labels)
-        if params.evaluate.tfidf_baseline:
-            predictions["tfidf_logreg"] = tfidf
-        predictions["majority"] = np.full_like(y_true, np.bincount(train_labels, minlength=num_classes).argmax())
-
-        classification = {}
-        samples_n = params.evaluate.bootstrap_samples
-        reference = (predictions["finetuned"] == y_true) if "finetuned" in predictions else None
-        for name, predicted in predictions.items():
-            correct = predicted == y_true
-            entry = {
-                **classification_metrics(y_true, predicted, num_classes),
-                **bootstrap_accuracy(correct, None, samples_n),
-            }
-            if reference is not None and name != "finetuned":
-                paired = bootstrap_accuracy(reference, correct, samples_n)
-                entry.update(
-                    finetuned_minus_this=paired["diff"],
-                    diff_ci_low=paired["diff_ci_low"],
-                    diff_ci_high=paired["diff_ci_high"],
-                )
-            classification[name] = entry
         metrics["classification"] = classification
         json_dump(
             out / "metrics.json",
@@ -171,6 +175,7 @@ def main() -> None:
         report = render_report(metrics, params, samples, [p.name for p in plots])
         (out / "report.md").write_text(report)
         tracking.log_metrics(metrics)
+        tracking.log_metrics(clock.metrics())
         tracking.log_artifacts(
             out / "metrics.json", out / "report.md", out / "samples.txt", out / "confusion_matrices.json"
         )

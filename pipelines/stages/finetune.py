@@ -23,7 +23,16 @@ from lmcore.train import TrainConfig, classification_loss, lm_loss, train
 from pipelines import tracking
 from pipelines.corpus import json_dump
 from pipelines.params import Params, load_params, load_raw_params
-from pipelines.stages.common import CurveWriter, Progress, fan_out, logger, open_stream, run_stage, stage_dir
+from pipelines.stages.common import (
+    ComputeClock,
+    CurveWriter,
+    Progress,
+    fan_out,
+    logger,
+    open_stream,
+    run_stage,
+    stage_dir,
+)
 
 
 def lm_adapt(model: nn.Module, params: Params, tokenizer_sha: str, log, label: str) -> dict:
@@ -78,6 +87,24 @@ def classify(backbone: nn.Module, params: Params, pad_id: int, log, label: str) 
     }
 
 
+def load_backbone(params: Params, tokenizer_sha: str, vocab_size: int) -> tuple[nn.Module, str, dict]:
+    """The pretrained model (checked against the tokenizer) or a fresh one: (model, arch, config values)."""
+    ft = params.finetune
+    if ft.init == "pretrained":
+        path = stage_dir("pretrain") / "model"
+        backbone, config = load_model(path)
+        if config.get("tokenizer_sha256") != tokenizer_sha:
+            raise ValueError(f"{path} was trained with another tokenizer (vocab mismatch): re-run pretrain")
+        arch, model_values = config["arch"], config["model"]
+    else:
+        arch = params.model.arch
+        model_values = {**params.model.config_values(), "vocab_size": vocab_size}
+        backbone = build_model(arch, build_model_config(arch, model_values, f"model.{arch}"))
+    if arch == "gpt" and ft.max_len > model_values["block_size"]:
+        raise ValueError(f"finetune.max_len={ft.max_len} exceeds the GPT's block_size={model_values['block_size']}")
+    return backbone, arch, model_values
+
+
 def main() -> None:
     params = load_params()
     raw = load_raw_params()
@@ -88,69 +115,51 @@ def main() -> None:
     with tracking.stage_run(
         "finetune", params.tracking.experiment, {"finetune": raw["finetune"], "model": raw["model"]}, out, upstream
     ):
-        tokenizer = load_tokenizer(tok_dir / "tokenizer.json", params.tokenizer.eot_token, params.tokenizer.pad_token)
-        arch = params.model.arch
-        if ft.init == "pretrained":
-            backbone, pre_config = load_model(pre_dir / "model")
-            if pre_config.get("tokenizer_sha256") != tokenizer.sha256():
-                raise ValueError(
-                    f"{pre_dir / 'model'} was trained with another tokenizer (vocab mismatch): re-run pretrain"
+        clock = ComputeClock()
+        with clock.measure():
+            tokenizer = load_tokenizer(
+                tok_dir / "tokenizer.json", params.tokenizer.eot_token, params.tokenizer.pad_token
+            )
+            backbone, arch, model_values = load_backbone(params, tokenizer.sha256(), tokenizer.vocab_size)
+            metrics: dict = {}
+            if ft.task in ("lm", "lm_then_classification"):
+                metrics.update(
+                    lm_adapt(backbone, params, tokenizer.sha256(), tracking.metric_logger("lm_adapt/"), "finetune-lm")
                 )
-            arch, model_values = pre_config["arch"], pre_config["model"]
-        else:
-            model_values = {**params.model.config_values(), "vocab_size": tokenizer.vocab_size}
-            backbone = build_model(arch, build_model_config(arch, model_values, f"model.{arch}"))
-        if arch == "gpt" and ft.max_len > model_values["block_size"]:
-            raise ValueError(f"finetune.max_len={ft.max_len} exceeds the GPT's block_size={model_values['block_size']}")
-        curve = CurveWriter(out / "curve.tsv", ["train/loss", "val/accuracy", "val/loss"])
-        log = fan_out(tracking.metric_logger(), curve)
-        metrics: dict = {}
-        if ft.task in ("lm", "lm_then_classification"):
-            metrics.update(
-                lm_adapt(
-                    backbone, params, tokenizer.sha256(), fan_out(tracking.metric_logger("lm_adapt/")), "finetune-lm"
+            curve = CurveWriter(out / "curve.tsv", ["train/loss", "val/accuracy", "val/loss"])
+            model = backbone
+            if ft.task != "lm":
+                model, metrics["classifier"] = classify(
+                    backbone, params, tokenizer.pad_id, fan_out(tracking.metric_logger(), curve), "finetune"
                 )
-            )
-        extra = {
-            "tokenizer_sha256": tokenizer.sha256(),
-            "max_len": ft.max_len,
-            "label_names": params.ingest.labeled.label_names,
-            "eot_token": tokenizer.eot_token,
-            "pad_token": tokenizer.pad_token,
-        }
-        example = pd.DataFrame({"text": ["a gorgeous , witty , seductive movie ."]})
-        if ft.task == "lm":
-            export_model(
-                out / "models" / "finetuned", backbone, arch, model_values, tok_dir / "tokenizer.json", extra=extra
-            )
-            tracking.log_lmcore_model(
-                out / "models" / "finetuned",
-                "model",
-                params.tracking.lm_model_name + "-adapted" if params.tracking.register_models else None,
-                example,
-            )
-        else:
-            model, metrics["classifier"] = classify(backbone, params, tokenizer.pad_id, log, "finetune")
+            curve.close()
+            extra = {
+                "tokenizer_sha256": tokenizer.sha256(),
+                "max_len": ft.max_len,
+                "label_names": params.ingest.labeled.label_names,
+                "eot_token": tokenizer.eot_token,
+                "pad_token": tokenizer.pad_token,
+            }
             export_model(
                 out / "models" / "finetuned", model, arch, model_values, tok_dir / "tokenizer.json", extra=extra
             )
-            tracking.log_lmcore_model(
-                out / "models" / "finetuned",
-                "model",
-                params.tracking.classifier_model_name if params.tracking.register_models else None,
-                example,
-            )
-        curve.close()
+        name = params.tracking.lm_model_name + "-adapted" if ft.task == "lm" else params.tracking.classifier_model_name
+        example = pd.DataFrame({"text": ["a gorgeous , witty , seductive movie ."]})
+        tracking.log_lmcore_model(
+            out / "models" / "finetuned", "model", name if params.tracking.register_models else None, example
+        )
         if ft.scratch_baseline and ft.task != "lm":
-            scratch = build_model(arch, build_model_config(arch, model_values))
-            baseline, metrics["scratch"] = classify(
-                scratch, params, tokenizer.pad_id, tracking.metric_logger("scratch/"), "scratch"
-            )
-            export_model(
-                out / "models" / "scratch", baseline, arch, model_values, tok_dir / "tokenizer.json", extra=extra
-            )
+            with clock.measure():
+                scratch = build_model(arch, build_model_config(arch, model_values))
+                baseline, metrics["scratch"] = classify(
+                    scratch, params, tokenizer.pad_id, tracking.metric_logger("scratch/"), "scratch"
+                )
+                export_model(
+                    out / "models" / "scratch", baseline, arch, model_values, tok_dir / "tokenizer.json", extra=extra
+                )
         json_dump(out / "metrics.json", metrics)
         tracking.log_metrics(metrics, prefix="final/")
+        tracking.log_metrics(clock.metrics())
         tracking.log_artifacts(out / "metrics.json", out / "curve.tsv")
         logger.info("finetune done: %s", metrics)
 

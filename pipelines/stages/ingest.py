@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from pipelines import tracking
 from pipelines.corpus import Record, assign_split, expand_sources, iter_records, json_dump, text_hash
 from pipelines.params import ROOT, LabeledSource, load_params, load_raw_params
-from pipelines.stages.common import fresh_dir, logger, run_stage, stage_dir, swap_in
+from pipelines.stages.common import ComputeClock, fresh_dir, logger, run_stage, stage_dir, swap_in
 
 BAD_CHARS = re.compile("[\ufffd\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
@@ -106,25 +106,27 @@ def main() -> None:
     tmp = fresh_dir(out)
     with tracking.stage_run("ingest", params.tracking.experiment, {"ingest": load_raw_params()["ingest"]}, tmp):
         ingest = params.ingest
-        stats = {
-            "pretrain": build_table(
-                tmp / "pretrain.parquet",
-                pretrain_chunks(params),
-                ingest.split_salt,
-                (ingest.pretrain.validation_fraction, ingest.pretrain.test_fraction),
-            ),
-            "labeled": build_table(
-                tmp / "labeled.parquet",
-                labeled_chunks(params),
-                ingest.split_salt,
-                (ingest.labeled.validation_fraction, 0.0),
-            ),
-        }
+        clock = ComputeClock()
+        with clock.measure():
+            stats = {
+                "pretrain": build_table(
+                    tmp / "pretrain.parquet",
+                    pretrain_chunks(params),
+                    ingest.split_salt,
+                    (ingest.pretrain.validation_fraction, ingest.pretrain.test_fraction),
+                ),
+                "labeled": build_table(
+                    tmp / "labeled.parquet",
+                    labeled_chunks(params),
+                    ingest.split_salt,
+                    (ingest.labeled.validation_fraction, 0.0),
+                ),
+            }
         json_dump(tmp / "stats.json", stats)
         for name in ("pretrain", "labeled"):
             frame = pd.read_parquet(tmp / f"{name}.parquet", columns=["doc_id", "split", "n_chars"])
             tracking.log_table_input(frame, out / f"{name}.parquet", name, context="ingested")
-        tracking.log_metrics(stats)
+        tracking.log_metrics({**stats, **clock.metrics()})
         tracking.log_artifacts(tmp / "stats.json")
         logger.info("ingested %s", stats)
     # Swap in the complete outputs only now: a failure above leaves the previous run's files.

@@ -24,6 +24,7 @@ from pipelines import tracking
 from pipelines.corpus import json_dump
 from pipelines.params import load_params, load_raw_params
 from pipelines.stages.common import (
+    ComputeClock,
     CurveWriter,
     MetricHistory,
     Progress,
@@ -60,47 +61,51 @@ def main() -> None:
         out,
         {"tokenizer": tok_dir},
     ):
-        tokenizer = load_tokenizer(tok_dir / "tokenizer.json", params.tokenizer.eot_token, params.tokenizer.pad_token)
-        train_data, _ = open_stream("pretrain_train", tokenizer.sha256())
-        val_data, val_meta = open_stream("pretrain_validation", tokenizer.sha256())
-        model_values = {**params.model.config_values(), "vocab_size": tokenizer.vocab_size}
-        config = build_model_config(arch, model_values, f"model.{arch}")
-        block_size, batch_size = config.block_size, params.pretrain.batch_size
-        check_block_size(train_data, block_size, "pretrain train split")
-        check_block_size(val_data, block_size, "pretrain validation split")
-        model = build_model(arch, config)
-        fingerprint = hashlib.sha256(
-            json.dumps([arch, model_values, raw["pretrain"], tokenizer.sha256()], sort_keys=True).encode()
-        ).hexdigest()
-        discard_stale_checkpoint(checkpoint_dir, fingerprint)
+        clock = ComputeClock()
+        with clock.measure():
+            tokenizer = load_tokenizer(
+                tok_dir / "tokenizer.json", params.tokenizer.eot_token, params.tokenizer.pad_token
+            )
+            train_data, _ = open_stream("pretrain_train", tokenizer.sha256())
+            val_data, val_meta = open_stream("pretrain_validation", tokenizer.sha256())
+            model_values = {**params.model.config_values(), "vocab_size": tokenizer.vocab_size}
+            config = build_model_config(arch, model_values, f"model.{arch}")
+            block_size, batch_size = config.block_size, params.pretrain.batch_size
+            check_block_size(train_data, block_size, "pretrain train split")
+            check_block_size(val_data, block_size, "pretrain validation split")
+            model = build_model(arch, config)
+            fingerprint = hashlib.sha256(
+                json.dumps([arch, model_values, raw["pretrain"], tokenizer.sha256()], sort_keys=True).encode()
+            ).hexdigest()
+            discard_stale_checkpoint(checkpoint_dir, fingerprint)
 
-        history = MetricHistory()
-        curve = CurveWriter(out / "curve.tsv", CURVE_COLUMNS)
-        start = time.perf_counter()
-        result = train(
-            model,
-            params.pretrain,
-            lambda g: get_batch(train_data, batch_size, block_size, g),
-            lm_loss,
-            evaluate=lambda m: evaluate_lm(
-                m,
-                val_data,
-                block_size,
-                params.evaluate.batch_size,
-                params.evaluate.num_windows,
-                val_meta.bytes_per_token,
-            ),
-            log=fan_out(tracking.metric_logger(), curve, history, Progress(params.pretrain.max_steps, "pretrain")),
-            checkpoint_dir=checkpoint_dir,
-            checkpoint_extra={"fingerprint": fingerprint, "tokenizer_sha256": tokenizer.sha256()},
-        )
-        curve.close()
-        extra = {
-            "tokenizer_sha256": tokenizer.sha256(),
-            "eot_token": tokenizer.eot_token,
-            "pad_token": tokenizer.pad_token,
-        }
-        export_model(out / "model", model, arch, model_values, tok_dir / "tokenizer.json", extra=extra)
+            history = MetricHistory()
+            curve = CurveWriter(out / "curve.tsv", CURVE_COLUMNS)
+            start = time.perf_counter()
+            result = train(
+                model,
+                params.pretrain,
+                lambda g: get_batch(train_data, batch_size, block_size, g),
+                lm_loss,
+                evaluate=lambda m: evaluate_lm(
+                    m,
+                    val_data,
+                    block_size,
+                    params.evaluate.batch_size,
+                    params.evaluate.num_windows,
+                    val_meta.bytes_per_token,
+                ),
+                log=fan_out(tracking.metric_logger(), curve, history, Progress(params.pretrain.max_steps, "pretrain")),
+                checkpoint_dir=checkpoint_dir,
+                checkpoint_extra={"fingerprint": fingerprint, "tokenizer_sha256": tokenizer.sha256()},
+            )
+            curve.close()
+            extra = {
+                "tokenizer_sha256": tokenizer.sha256(),
+                "eot_token": tokenizer.eot_token,
+                "pad_token": tokenizer.pad_token,
+            }
+            export_model(out / "model", model, arch, model_values, tok_dir / "tokenizer.json", extra=extra)
         metrics = {
             "val": result.eval_metrics,
             "train_loss": result.train_loss,
@@ -112,6 +117,7 @@ def main() -> None:
         }
         json_dump(out / "metrics.json", metrics)
         tracking.log_metrics(metrics, prefix="final/")
+        tracking.log_metrics(clock.metrics())
         tracking.log_artifacts(out / "metrics.json", out / "curve.tsv")
         version = tracking.log_lmcore_model(
             out / "model",

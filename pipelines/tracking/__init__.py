@@ -12,11 +12,13 @@ can filter one pipeline lineage with `tags.pipeline_group = '...'`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import subprocess
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -25,6 +27,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+import psutil
 import yaml
 
 from pipelines.params import ROOT, flatten
@@ -119,9 +122,54 @@ def stage_run(
         for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             mlflow.log_params(dict(items[start : start + 100]))
         yield run
+        # Whole process time (interpreter start, imports, tracking, the work): set against the
+        # stage's own `timing/compute_seconds` to measure what is spent outside model computation.
+        mlflow.log_metric("timing/process_seconds", time.time() - psutil.Process().create_time())
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / RUN_FILE).write_text(json.dumps({"run_id": run.info.run_id, "group": group, "stage": stage}) + "\n")
         mlflow.log_artifact(str(out_dir / RUN_FILE))
+
+
+@dataclasses.dataclass
+class PipelineRun:
+    run_id: str
+    group: str
+    url: str
+
+
+def run_url(experiment_id: str, run_id: str) -> str:
+    uri = mlflow.get_tracking_uri()
+    base = uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"  # `make mlflow-ui`
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def start_pipeline_run(experiment: str, params: dict[str, Any]) -> PipelineRun:
+    """The parent run of one orchestrated pipeline execution; stages attach to it."""
+    experiment_id = configure(experiment)
+    group = uuid.uuid4().hex[:12]
+    client = mlflow.MlflowClient()
+    run = client.create_run(
+        experiment_id,
+        run_name="pipeline",
+        tags={"stage": "pipeline", "pipeline_group": group, "git_commit": _git("rev-parse", "HEAD")},
+    )
+    for key, value in flatten(params).items():
+        client.log_param(run.info.run_id, key, json.dumps(value) if isinstance(value, list | dict) else value)
+    return PipelineRun(run.info.run_id, group, run_url(experiment_id, run.info.run_id))
+
+
+def end_pipeline_run(run_id: str, status: str, metrics: dict[str, Any]) -> None:
+    client = mlflow.MlflowClient()
+    numbers = flatten_numbers(metrics)
+    if numbers:
+        client.log_batch(
+            run_id, metrics=[mlflow.entities.Metric(k, v, int(1000 * time.time()), 0) for k, v in numbers.items()]
+        )
+    client.set_terminated(run_id, status=status)
+
+
+def flatten_numbers(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in flatten(metrics).items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 def metric_logger(prefix: str = "") -> Callable[[int, dict[str, float]], None]:
@@ -134,7 +182,7 @@ def metric_logger(prefix: str = "") -> Callable[[int, dict[str, float]], None]:
 
 
 def log_metrics(metrics: dict[str, float], prefix: str = "") -> None:
-    mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in flatten(metrics).items() if isinstance(v, int | float)})
+    mlflow.log_metrics({f"{prefix}{k}": v for k, v in flatten_numbers(metrics).items()})
 
 
 def log_artifacts(*paths: Path, artifact_path: str | None = None) -> None:

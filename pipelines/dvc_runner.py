@@ -1,0 +1,119 @@
+"""DVC adapter for orchestrators: the stage graph, parameter overrides, running one stage.
+
+The order of stages is DVC's own graph of `dvc.yaml` (never declared a second time); overrides
+go through DVC's Hydra override parser, exactly as `dvc exp run -S key=value` applies them; a
+stage runs as `dvc repro --single-item`, so DVC's cache still decides what is up to date.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+VALIDATION_FAILED = "VALIDATION FAILED"
+
+
+class StageFailed(RuntimeError):
+    """A stage exited non-zero; `output` holds the end of what it printed."""
+
+    def __init__(self, stage: str, returncode: int, output: str) -> None:
+        super().__init__(f"stage '{stage}' failed with exit code {returncode}:\n{output}")
+        self.stage, self.returncode, self.output = stage, returncode, output
+
+
+class DataValidationFailed(StageFailed):
+    """The data failed its expectations: not transient, never retried."""
+
+
+class RepoLocked(RuntimeError):
+    """Another DVC command holds this checkout's lock (transient: the other run will finish)."""
+
+
+def stage_order(root: Path) -> list[str]:
+    """The stages of root/dvc.yaml in execution order (dependencies first, then file order)."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        graph = repo.index.graph  # edges point from a stage to the stages it depends on
+        position = {stage: i for i, stage in enumerate(graph.nodes)}
+        ordered = nx.lexicographical_topological_sort(graph.reverse(copy=True), key=lambda s: position[s])
+        return [stage.name for stage in ordered]
+
+
+def apply_overrides(root: Path, overrides: dict[str, object]) -> list[str]:
+    """Write `key=value` overrides into params.yaml the way `dvc exp run -S` does."""
+    import yaml
+    from dvc.utils.hydra import apply_overrides as hydra_apply
+
+    params = yaml.safe_load((root / "params.yaml").read_text()) or {}
+    for key in overrides:
+        node = params
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise ValueError(f"override '{key}': no such key in {root / 'params.yaml'} (at '{part}')")
+            node = node[part]
+    patterns = [f"{key}={_hydra_value(value)}" for key, value in overrides.items()]
+    if patterns:
+        hydra_apply(str(root / "params.yaml"), patterns)
+    return patterns
+
+
+def _hydra_value(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | dict):
+        import json
+
+        return json.dumps(value)
+    return str(value)
+
+
+def stages_from(order: list[str], first: str | None) -> set[str]:
+    """The stages to force: `first` and everything after it in the order."""
+    if first is None:
+        return set()
+    if first not in order:
+        raise ValueError(f"force_from={first!r} is not a stage of dvc.yaml ({', '.join(order)})")
+    return set(order[order.index(first) :])
+
+
+@dataclass
+class StageResult:
+    stage: str
+    ran: bool
+    output: str
+
+
+def run_stage(
+    root: Path, stage: str, force: bool, on_line: Callable[[str], None], env: dict[str, str] | None = None
+) -> StageResult:
+    """`dvc repro --single-item stage`, streaming each output line to `on_line`."""
+    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage, *(["--force"] if force else [])]
+    environment = {**os.environ, **(env or {})}
+    # Stage commands call `python`: make it this interpreter's.
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
+    process = subprocess.Popen(
+        cmd, cwd=root, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+    lines: list[str] = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        line = line.rstrip("\n")
+        lines.append(line)
+        on_line(line)
+    returncode = process.wait()
+    output = "\n".join(lines[-60:])
+    if returncode != 0:
+        if VALIDATION_FAILED in output:
+            summary = "\n".join(lines[next(i for i, text in enumerate(lines) if VALIDATION_FAILED in text) :][:40])
+            raise DataValidationFailed(stage, returncode, summary)
+        if "Unable to acquire lock" in output or "is busy" in output:
+            raise RepoLocked(f"the DVC repository at {root} is locked by another command")
+        raise StageFailed(stage, returncode, output)
+    ran = any(text.startswith(f"Running stage '{stage}'") for text in lines)
+    return StageResult(stage, ran, output)

@@ -1,0 +1,99 @@
+"""Flow logic without a server: stage order from DVC, parameter mapping, retries, the lock."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect.states import Completed, Failed
+
+from pipelines.dvc_runner import DataValidationFailed, StageFailed, apply_overrides, run_stage, stage_order, stages_from
+from pipelines.flow import checkout_lock, is_transient, metrics_markdown, run_stage_task
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGES = ["ingest", "validate", "tokenizer", "pretrain", "finetune", "evaluate"]
+
+
+def test_stage_order_is_read_from_dvc_yaml():
+    assert stage_order(ROOT) == STAGES
+
+
+def dvc_project(tmp_path: Path, stages: dict) -> Path:
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    return tmp_path
+
+
+def test_stage_order_follows_dependencies_not_file_order(tmp_path):
+    stages = {
+        "report": {"cmd": "cat b > c", "deps": ["b"], "outs": ["c"]},
+        "middle": {"cmd": "cat a > b", "deps": ["a"], "outs": ["b"]},
+        "first": {"cmd": "echo x > a", "outs": ["a"]},
+    }
+    assert stage_order(dvc_project(tmp_path, stages)) == ["first", "middle", "report"]
+
+
+def test_run_stage_streams_output_and_reports_failure(tmp_path):
+    stages = {
+        "good": {"cmd": "echo hello-from-stage > out.txt && echo printed-line", "outs": ["out.txt"]},
+        "bad": {"cmd": "echo about-to-fail && exit 3", "deps": ["out.txt"]},
+    }
+    root = dvc_project(tmp_path, stages)
+    lines: list[str] = []
+    result = run_stage(root, "good", False, lines.append)
+    assert result.ran and "printed-line" in lines
+    assert not run_stage(root, "good", False, lines.append).ran  # DVC's cache decides
+    assert run_stage(root, "good", True, lines.append).ran  # forced
+    with pytest.raises(StageFailed, match="about-to-fail"):
+        run_stage(root, "bad", False, lines.append)
+
+
+def test_task_body_runs_without_a_server(tmp_path):
+    root = dvc_project(tmp_path, {"only": {"cmd": "echo x > y", "outs": ["y"]}})
+    outcome = run_stage_task.fn(str(root), "only", False, {})
+    assert outcome["stage"] == "only" and outcome["ran"] is True
+
+
+def test_overrides_are_applied_like_dvc_exp_run(tmp_path):
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    patterns = apply_overrides(tmp_path, {"pretrain.max_steps": 7, "model.arch": "lstm", "finetune.freeze_backbone": True})
+    assert patterns == ["pretrain.max_steps=7", "model.arch=lstm", "finetune.freeze_backbone=true"]
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    assert params["pretrain"]["max_steps"] == 7 and params["model"]["arch"] == "lstm"
+    assert params["finetune"]["freeze_backbone"] is True
+    with pytest.raises(ValueError, match="override .pretrain.max_stepz.: no such key"):
+        apply_overrides(tmp_path, {"pretrain.max_stepz": 7})
+
+
+def test_force_from_selects_the_stage_and_everything_after():
+    assert stages_from(STAGES, "finetune") == {"finetune", "evaluate"}
+    assert stages_from(STAGES, None) == set()
+    with pytest.raises(ValueError, match="force_from='trian'"):
+        stages_from(STAGES, "trian")
+
+
+def test_retry_policy_retries_transient_failures_but_not_validation():
+    assert is_transient(None, None, Failed(data=StageFailed("pretrain", -9, "Killed")))
+    assert is_transient(None, None, Failed(data=RuntimeError("tracking server did not answer")))
+    assert not is_transient(None, None, Failed(data=DataValidationFailed("validate", 1, "VALIDATION FAILED")))
+    assert is_transient(None, None, Completed())
+
+
+def test_second_run_waits_then_is_skipped(tmp_path):
+    (tmp_path / ".dvc").mkdir()
+    with checkout_lock(tmp_path, 0) as first:
+        assert first
+        with checkout_lock(tmp_path, 0.3) as second:
+            assert not second
+    with checkout_lock(tmp_path, 0) as again:
+        assert again
+
+
+def test_metrics_markdown_lists_numbers():
+    text = metrics_markdown({"classification": {"finetuned": {"accuracy": 0.81, "confusion_matrix": [[1]]}}}, "http://x")
+    assert "| classification.finetuned.accuracy | 0.8100 |" in text and "http://x" in text

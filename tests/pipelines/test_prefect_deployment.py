@@ -1,0 +1,149 @@
+"""The deployment for real: a Prefect server on 127.0.0.1, `prefect deploy`, a process worker,
+`prefect deployment run --watch` on the tiny project; every process is stopped afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.pipelines.conftest import ROOT, make_project, project_env
+
+pytestmark = pytest.mark.e2e
+DEPLOYMENT = "lmcore-pipeline/nightly"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    """A tiny project deployed to a fresh server, with a worker serving its pool."""
+    base = tmp_path_factory.mktemp("prefect")
+    project = make_project(base / "project")
+    shutil.copy(ROOT / "prefect.yaml", project / "prefect.yaml")
+    port = free_port()
+    env = project_env(project)
+    env.update(
+        PREFECT_HOME=str(base / "prefect_home"),
+        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_ENABLED="false",
+        LMCORE_PROJECT_DIR=str(project),
+    )
+    prefect = [sys.executable, "-m", "prefect"]
+    server = start([*prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, project, base / "server.log")
+    worker = None
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"Prefect server did not start:\n{(base / 'server.log').read_text()[-3000:]}") from None
+                time.sleep(1)
+
+        def cli(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run([*prefect, *args], env=env, cwd=project, capture_output=True, text=True, timeout=900)
+
+        created = cli("work-pool", "create", "lmcore-process", "--type", "process")
+        assert created.returncode == 0, created.stdout + created.stderr
+        deploy = cli("--no-prompt", "deploy", "--all")
+        assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+        worker = start([*prefect, "worker", "start", "--pool", "lmcore-process"], env, project, base / "worker.log")
+        yield project, cli, env
+    finally:
+        if worker is not None:
+            stop(worker)
+        stop(server)
+
+
+def flow_run_details(env: dict[str, str], flow_run_id: str) -> tuple[object, list[object]]:
+    old = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME")}
+    os.environ.update(PREFECT_API_URL=env["PREFECT_API_URL"], PREFECT_HOME=env["PREFECT_HOME"])
+    try:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        async def fetch():
+            async with get_client() as client:
+                run = await client.read_flow_run(flow_run_id)
+                tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+                return run, tasks
+
+        return asyncio.run(fetch())
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def run_id_from(output: str) -> str:
+    for line in output.splitlines():
+        if "UUID:" in line:
+            return line.split("UUID:")[1].strip()
+    raise AssertionError(f"no flow run id in:\n{output}")
+
+
+def test_deployment_run_completes_every_stage_and_tracks_in_mlflow(deployed):
+    project, cli, env = deployed
+    result = cli("deployment", "run", DEPLOYMENT, "--watch", "--watch-timeout", "800")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run, tasks = flow_run_details(env, run_id_from(result.stdout))
+    assert run.state.is_completed()
+    names = sorted(t.name for t in tasks if t.state.is_completed())
+    assert names == sorted(["ingest", "validate", "tokenizer", "pretrain", "finetune", "evaluate"])
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["lmcore-test"], output_format="list")
+    parents = [r for r in runs if r.data.tags.get("stage") == "pipeline"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert sorted(r.data.tags["stage"] for r in children) == names
+    assert "classification.finetuned.accuracy" in parents[0].data.metrics
+
+
+def test_validation_failure_fails_the_flow_run_with_the_summary(deployed):
+    project, cli, env = deployed
+    overrides = json.dumps({"validate.min_docs_per_split": 10**9})
+    result = cli("deployment", "run", DEPLOYMENT, "--param", f"overrides={overrides}", "--watch", "--watch-timeout", "600")
+    assert result.returncode != 0
+    run, tasks = flow_run_details(env, run_id_from(result.stdout))
+    assert run.state.is_failed()
+    assert "expect_table_row_count_to_be_between" in run.state.message
+    validate = [t for t in tasks if t.name == "validate"]
+    assert len(validate) == 1 and validate[0].run_count == 1  # not retried
+    assert "min_docs_per_split: 1000000000" not in (project / "params.yaml").read_text()  # overrides undone
