@@ -103,11 +103,13 @@ def stage_run(
     """An MLflow run for one stage execution; writes `<out_dir>/run.json` when it succeeds."""
     configure(experiment)
     links = {name: read_run_info(path) for name, path in (upstream or {}).items()}
+    # An orchestrated run (Prefect) names the group; a plain `dvc repro` inherits its upstream's.
     group = (
-        next((info["group"] for info in links.values() if info), None)
-        or os.environ.get("LMCORE_PIPELINE_GROUP")
+        os.environ.get("LMCORE_PIPELINE_GROUP")
+        or next((info["group"] for info in links.values() if info), None)
         or uuid.uuid4().hex[:12]
     )
+    parent = os.environ.get("LMCORE_PARENT_RUN_ID")
     tags = {
         "stage": stage,
         "pipeline_group": group,
@@ -116,7 +118,7 @@ def stage_run(
         **{f"upstream.{name}": info["run_id"] for name, info in links.items() if info},
         **{f"dvc.dep.{path}": digest for path, digest in dependency_hashes(stage).items()},
     }
-    with mlflow.start_run(run_name=stage, tags=tags) as run:
+    with mlflow.start_run(run_name=stage, tags=tags, parent_run_id=parent) as run:
         flat = {k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in flatten(params).items()}
         items = list(flat.items())
         for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
