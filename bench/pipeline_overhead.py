@@ -40,7 +40,9 @@ def main() -> None:
 
     warnings.filterwarnings("ignore")
     mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT / 'mlflow.db'}"))
-    runs = mlflow.search_runs(experiment_names=[args.experiment], output_format="list", order_by=["attributes.start_time DESC"])
+    runs = mlflow.search_runs(
+        experiment_names=[args.experiment], output_format="list", order_by=["attributes.start_time DESC"]
+    )
     latest_evaluate = next(r for r in runs if r.data.tags.get("stage") == "evaluate")
     group = latest_evaluate.data.tags["pipeline_group"]
     stages: dict[str, object] = {}
@@ -56,7 +58,11 @@ def main() -> None:
         }
     compute = sum(r["compute_seconds"] for r in rows.values())
     process = sum(r["process_seconds"] for r in rows.values())
-    total = wall if wall is not None else (max(r.info.end_time for r in stages.values()) - min(r.info.start_time for r in stages.values())) / 1000
+    total = (
+        wall
+        if wall is not None
+        else (max(r.info.end_time for r in stages.values()) - min(r.info.start_time for r in stages.values())) / 1000
+    )
     report = {
         "stages": rows,
         "wall_seconds": round(total, 1),

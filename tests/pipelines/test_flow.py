@@ -61,7 +61,9 @@ def test_task_body_runs_without_a_server(tmp_path):
 
 def test_overrides_are_applied_like_dvc_exp_run(tmp_path):
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
-    patterns = apply_overrides(tmp_path, {"pretrain.max_steps": 7, "model.arch": "lstm", "finetune.freeze_backbone": True})
+    patterns = apply_overrides(
+        tmp_path, {"pretrain.max_steps": 7, "model.arch": "lstm", "finetune.freeze_backbone": True}
+    )
     assert patterns == ["pretrain.max_steps=7", "model.arch=lstm", "finetune.freeze_backbone=true"]
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     assert params["pretrain"]["max_steps"] == 7 and params["model"]["arch"] == "lstm"
@@ -95,5 +97,7 @@ def test_second_run_waits_then_is_skipped(tmp_path):
 
 
 def test_metrics_markdown_lists_numbers():
-    text = metrics_markdown({"classification": {"finetuned": {"accuracy": 0.81, "confusion_matrix": [[1]]}}}, "http://x")
+    text = metrics_markdown(
+        {"classification": {"finetuned": {"accuracy": 0.81, "confusion_matrix": [[1]]}}}, "http://x"
+    )
     assert "| classification.finetuned.accuracy | 0.8100 |" in text and "http://x" in text

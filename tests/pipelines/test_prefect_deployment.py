@@ -30,7 +30,9 @@ def free_port() -> int:
 
 
 def start(cmd: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        cmd, env=env, cwd=cwd, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -59,7 +61,9 @@ def deployed(tmp_path_factory):
         LMCORE_PROJECT_DIR=str(project),
     )
     prefect = [sys.executable, "-m", "prefect"]
-    server = start([*prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, project, base / "server.log")
+    server = start(
+        [*prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, project, base / "server.log"
+    )
     worker = None
     try:
         deadline = time.monotonic() + 120
@@ -69,7 +73,9 @@ def deployed(tmp_path_factory):
                 break
             except OSError:
                 if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError(f"Prefect server did not start:\n{(base / 'server.log').read_text()[-3000:]}") from None
+                    raise RuntimeError(
+                        f"Prefect server did not start:\n{(base / 'server.log').read_text()[-3000:]}"
+                    ) from None
                 time.sleep(1)
 
         def cli(*args: str) -> subprocess.CompletedProcess:
@@ -139,7 +145,9 @@ def test_deployment_run_completes_every_stage_and_tracks_in_mlflow(deployed):
 def test_validation_failure_fails_the_flow_run_with_the_summary(deployed):
     project, cli, env = deployed
     overrides = json.dumps({"validate.min_docs_per_split": 10**9})
-    result = cli("deployment", "run", DEPLOYMENT, "--param", f"overrides={overrides}", "--watch", "--watch-timeout", "600")
+    result = cli(
+        "deployment", "run", DEPLOYMENT, "--param", f"overrides={overrides}", "--watch", "--watch-timeout", "600"
+    )
     assert result.returncode != 0
     run, tasks = flow_run_details(env, run_id_from(result.stdout))
     assert run.state.is_failed()
