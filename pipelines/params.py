@@ -102,6 +102,7 @@ class FinetuneParams:
     classifier_dropout: float
     scratch_baseline: bool
     lm_steps: int  # language-model steps on the task's own text (task lm / lm_then_classification)
+    lm_batch_size: int  # windows of max_len tokens per language-model step
     train: TrainConfig
 
 

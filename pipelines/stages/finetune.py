@@ -39,9 +39,13 @@ def lm_adapt(model: nn.Module, params: Params, tokenizer_sha: str, log, label: s
     """Language-model training on the labeled task's own train text (no labels)."""
     train_data, _ = open_stream("labeled_train", tokenizer_sha)
     val_data, val_meta = open_stream("labeled_validation", tokenizer_sha)
-    block_size, batch_size = model.config.block_size, params.finetune.train.batch_size
+    # The task's texts are short: windows of finetune.max_len tokens hold several of them.
+    block_size = min(model.config.block_size, params.finetune.max_len)
+    batch_size = params.finetune.lm_batch_size
     check_block_size(train_data, block_size, "labeled train split")
-    config = dataclasses.replace(params.finetune.train, max_steps=params.finetune.lm_steps, early_stopping_patience=0)
+    config = dataclasses.replace(
+        params.finetune.train, max_steps=params.finetune.lm_steps, batch_size=batch_size, early_stopping_patience=0
+    )
     result = train(
         model,
         config,

@@ -37,6 +37,7 @@ TINY_PARAMS = {
     "finetune": {
         "max_len": 32,
         "lm_steps": 10,
+        "lm_batch_size": 8,
         "train": {
             "max_steps": 30,
             "batch_size": 16,
