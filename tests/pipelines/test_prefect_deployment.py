@@ -93,7 +93,7 @@ def deployed(tmp_path_factory):
         stop(server)
 
 
-def flow_run_details(env: dict[str, str], flow_run_id: str) -> tuple[object, list[object]]:
+def flow_run_details(env: dict[str, str], flow_run_id: str) -> tuple[object, list[object], list[object]]:
     old = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME")}
     os.environ.update(PREFECT_API_URL=env["PREFECT_API_URL"], PREFECT_HOME=env["PREFECT_HOME"])
     try:
@@ -103,8 +103,10 @@ def flow_run_details(env: dict[str, str], flow_run_id: str) -> tuple[object, lis
         async def fetch():
             async with get_client() as client:
                 run = await client.read_flow_run(flow_run_id)
-                tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
-                return run, tasks
+                runs_filter = FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+                tasks = await client.read_task_runs(flow_run_filter=runs_filter)
+                artifacts = await client.read_artifacts(flow_run_filter=runs_filter)
+                return run, tasks, artifacts
 
         return asyncio.run(fetch())
     finally:
@@ -113,6 +115,20 @@ def flow_run_details(env: dict[str, str], flow_run_id: str) -> tuple[object, lis
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def find_key(node: object, key: str) -> list[dict]:
+    """Every value stored under `key` anywhere in a JSON document."""
+    found = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == key and isinstance(v, dict):
+                found.append(v)
+            found.extend(find_key(v, key))
+    elif isinstance(node, list):
+        for item in node:
+            found.extend(find_key(item, key))
+    return found
 
 
 def run_id_from(output: str) -> str:
@@ -126,8 +142,10 @@ def test_deployment_run_completes_every_stage_and_tracks_in_mlflow(deployed):
     project, cli, env = deployed
     result = cli("deployment", "run", DEPLOYMENT, "--watch", "--watch-timeout", "800")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    run, tasks = flow_run_details(env, run_id_from(result.stdout))
+    run, tasks, artifacts = flow_run_details(env, run_id_from(result.stdout))
     assert run.state.is_completed()
+    markdown = [a for a in artifacts if a.key == "lmcore-metrics"]
+    assert len(markdown) == 1 and "classification.finetuned.accuracy" in markdown[0].data
     names = sorted(t.name for t in tasks if t.state.is_completed())
     assert names == sorted(["ingest", "validate", "tokenizer", "pretrain", "finetune", "evaluate"])
 
@@ -149,9 +167,28 @@ def test_validation_failure_fails_the_flow_run_with_the_summary(deployed):
         "deployment", "run", DEPLOYMENT, "--param", f"overrides={overrides}", "--watch", "--watch-timeout", "600"
     )
     assert result.returncode != 0
-    run, tasks = flow_run_details(env, run_id_from(result.stdout))
+    run, tasks, _ = flow_run_details(env, run_id_from(result.stdout))
     assert run.state.is_failed()
     assert "expect_table_row_count_to_be_between" in run.state.message
     validate = [t for t in tasks if t.name == "validate"]
     assert len(validate) == 1 and validate[0].run_count == 1  # not retried
     assert "min_docs_per_split: 1000000000" not in (project / "params.yaml").read_text()  # overrides undone
+
+
+def test_overridden_run_is_a_dvc_experiment(deployed):
+    project, cli, env = deployed
+    overrides = json.dumps({"evaluate.samples.max_new_tokens": 7})
+    result = cli(
+        "deployment", "run", DEPLOYMENT, "--param", f"overrides={overrides}", "--watch", "--watch-timeout", "600"
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    shown = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "show", "--json"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert any(samples.get("max_new_tokens") == 7 for samples in find_key(json.loads(shown.stdout), "samples"))
+    assert "max_new_tokens: 7" not in (project / "params.yaml").read_text()  # workspace params restored
