@@ -201,14 +201,6 @@ def log_table_input(frame: pd.DataFrame, source: Path, name: str, context: str) 
     mlflow.log_input(dataset, context=context)
 
 
-def log_text(text: str, artifact_file: str) -> None:
-    mlflow.log_text(text, artifact_file)
-
-
-def log_figure(figure: Any, artifact_file: str) -> None:
-    mlflow.log_figure(figure, artifact_file)
-
-
 def log_lmcore_model(
     model_dir: Path,
     name: str,
