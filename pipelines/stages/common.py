@@ -124,6 +124,16 @@ def open_stream(name: str, tokenizer_sha256: str):
     return data, meta
 
 
+def lm_evaluator(stream: str, tokenizer_sha256: str, block_size: int, params) -> Callable:
+    """`evaluate(model) -> metrics` on a fixed set of windows of one token stream (with bits/byte)."""
+    from lmcore.evaluate import evaluate_lm
+
+    data, meta = open_stream(stream, tokenizer_sha256)
+    return lambda model: evaluate_lm(
+        model, data, block_size, params.evaluate.batch_size, params.evaluate.num_windows, meta.bytes_per_token
+    )
+
+
 class ComputeClock:
     """Seconds a stage spends on its real work (reading and encoding data, training, evaluating),
     logged as `timing/compute_seconds`; the rest of a run is overhead (bench/pipeline_overhead.py)."""

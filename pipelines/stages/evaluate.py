@@ -20,25 +20,20 @@ import pandas as pd  # noqa: E402
 
 from lmcore.checkpoint import load_model  # noqa: E402
 from lmcore.data import load_labeled  # noqa: E402
-from lmcore.evaluate import bootstrap_accuracy, classification_metrics, evaluate_lm, predict_classes  # noqa: E402
+from lmcore.evaluate import bootstrap_accuracy, classification_metrics, predict_classes  # noqa: E402
 from lmcore.generate import generate  # noqa: E402
 from lmcore.models import SequenceClassifier  # noqa: E402
 from lmcore.tokenizer import load_tokenizer  # noqa: E402
 from pipelines import tracking  # noqa: E402
 from pipelines.corpus import json_dump  # noqa: E402
 from pipelines.params import Params, load_params, load_raw_params  # noqa: E402
-from pipelines.stages.common import ComputeClock, logger, open_stream, run_stage, stage_dir  # noqa: E402
+from pipelines.stages.common import ComputeClock, lm_evaluator, logger, run_stage, stage_dir  # noqa: E402
 
 
 def lm_metrics(model, params: Params, tokenizer_sha: str) -> dict:
     block_size = model.config.block_size
-    results = {}
-    for name, stream in (("test", "pretrain_test"), ("out_of_domain", "labeled_test")):
-        data, meta = open_stream(stream, tokenizer_sha)
-        results[name] = evaluate_lm(
-            model, data, block_size, params.evaluate.batch_size, params.evaluate.num_windows, meta.bytes_per_token
-        )
-    return results
+    streams = {"test": "pretrain_test", "out_of_domain": "labeled_test"}
+    return {name: lm_evaluator(stream, tokenizer_sha, block_size, params)(model) for name, stream in streams.items()}
 
 
 def tfidf_predictions(ingested: Path, labels: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from lmcore.checkpoint import export_model, load_model
 from lmcore.data import check_block_size, get_batch, get_labeled_batch, load_labeled
-from lmcore.evaluate import classification_metrics, evaluate_lm, predict_classes
+from lmcore.evaluate import classification_metrics, predict_classes
 from lmcore.models import SequenceClassifier, build_model, build_model_config
 from lmcore.tokenizer import load_tokenizer
 from lmcore.train import TrainConfig, classification_loss, lm_loss, train
@@ -28,6 +28,7 @@ from pipelines.stages.common import (
     CurveWriter,
     Progress,
     fan_out,
+    lm_evaluator,
     logger,
     open_stream,
     run_stage,
@@ -38,7 +39,6 @@ from pipelines.stages.common import (
 def lm_adapt(model: nn.Module, params: Params, tokenizer_sha: str, log, label: str) -> dict:
     """Language-model training on the labeled task's own train text (no labels)."""
     train_data, _ = open_stream("labeled_train", tokenizer_sha)
-    val_data, val_meta = open_stream("labeled_validation", tokenizer_sha)
     # The task's texts are short: windows of finetune.max_len tokens hold several of them.
     block_size = min(model.config.block_size, params.finetune.max_len)
     batch_size = params.finetune.lm_batch_size
@@ -51,9 +51,7 @@ def lm_adapt(model: nn.Module, params: Params, tokenizer_sha: str, log, label: s
         config,
         lambda g: get_batch(train_data, batch_size, block_size, g),
         lm_loss,
-        evaluate=lambda m: evaluate_lm(
-            m, val_data, block_size, params.evaluate.batch_size, params.evaluate.num_windows, val_meta.bytes_per_token
-        ),
+        evaluate=lm_evaluator("labeled_validation", tokenizer_sha, block_size, params),
         log=fan_out(log, Progress(config.max_steps, label)),
     )
     return {"lm_val": result.eval_metrics, "lm_steps": result.step}

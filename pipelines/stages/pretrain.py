@@ -16,7 +16,6 @@ import pandas as pd
 
 from lmcore.checkpoint import CHECKPOINT_NAME, export_model, load_checkpoint
 from lmcore.data import check_block_size, get_batch
-from lmcore.evaluate import evaluate_lm
 from lmcore.models import build_model, build_model_config
 from lmcore.tokenizer import load_tokenizer
 from lmcore.train import lm_loss, train
@@ -29,6 +28,7 @@ from pipelines.stages.common import (
     MetricHistory,
     Progress,
     fan_out,
+    lm_evaluator,
     logger,
     open_stream,
     run_stage,
@@ -67,7 +67,7 @@ def main() -> None:
                 tok_dir / "tokenizer.json", params.tokenizer.eot_token, params.tokenizer.pad_token
             )
             train_data, _ = open_stream("pretrain_train", tokenizer.sha256())
-            val_data, val_meta = open_stream("pretrain_validation", tokenizer.sha256())
+            val_data, _ = open_stream("pretrain_validation", tokenizer.sha256())
             model_values = {**params.model.config_values(), "vocab_size": tokenizer.vocab_size}
             config = build_model_config(arch, model_values, f"model.{arch}")
             block_size, batch_size = config.block_size, params.pretrain.batch_size
@@ -87,14 +87,7 @@ def main() -> None:
                 params.pretrain,
                 lambda g: get_batch(train_data, batch_size, block_size, g),
                 lm_loss,
-                evaluate=lambda m: evaluate_lm(
-                    m,
-                    val_data,
-                    block_size,
-                    params.evaluate.batch_size,
-                    params.evaluate.num_windows,
-                    val_meta.bytes_per_token,
-                ),
+                evaluate=lm_evaluator("pretrain_validation", tokenizer.sha256(), block_size, params),
                 log=fan_out(tracking.metric_logger(), curve, history, Progress(params.pretrain.max_steps, "pretrain")),
                 checkpoint_dir=checkpoint_dir,
                 checkpoint_extra={"fingerprint": fingerprint, "tokenizer_sha256": tokenizer.sha256()},
