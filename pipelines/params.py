@@ -103,6 +103,7 @@ class FinetuneParams:
     scratch_baseline: bool
     lm_steps: int  # language-model steps on the task's own text (task lm / lm_then_classification)
     lm_batch_size: int  # windows of max_len tokens per language-model step
+    length_buckets: int  # classifier batches draw texts of similar length; 1 is plain uniform sampling
     train: TrainConfig
 
 
@@ -162,6 +163,9 @@ def load_params(path: str | Path | None = None) -> Params:
         for arch in ARCHITECTURES:
             build_model_config(arch, {**getattr(params.model, arch), "vocab_size": 1}, f"model.{arch}")
         params.tokenizer.tokenizer_config()
+        for key in ("max_len", "lm_batch_size", "length_buckets"):
+            if getattr(params.finetune, key) < 1:
+                raise ValueError(f"finetune.{key} must be at least 1, got {getattr(params.finetune, key)}")
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
     return params

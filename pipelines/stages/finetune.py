@@ -15,7 +15,7 @@ import pandas as pd
 import torch.nn as nn
 
 from lmcore.checkpoint import export_model, load_model
-from lmcore.data import check_block_size, get_batch, get_labeled_batch, load_labeled
+from lmcore.data import LengthBucketSampler, check_block_size, get_batch, load_labeled
 from lmcore.evaluate import classification_metrics, predict_classes
 from lmcore.models import SequenceClassifier, build_model, build_model_config
 from lmcore.tokenizer import load_tokenizer
@@ -72,11 +72,12 @@ def classify(backbone: nn.Module, params: Params, pad_id: int, log, label: str) 
         return {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]}
 
     config: TrainConfig = ft.train
+    sampler = LengthBucketSampler(train_set, pad_id, ft.max_len, ft.length_buckets)
     start = time.perf_counter()
     result = train(
         model,
         config,
-        lambda g: get_labeled_batch(train_set, config.batch_size, pad_id, ft.max_len, g),
+        lambda g: sampler(config.batch_size, g),
         classification_loss,
         evaluate=evaluate,
         log=fan_out(log, Progress(config.max_steps, label)),

@@ -4,6 +4,7 @@ import torch
 
 from lmcore.data import (
     LabeledExamples,
+    LengthBucketSampler,
     eval_window_starts,
     get_batch,
     iter_labeled_batches,
@@ -54,3 +55,35 @@ def test_padded_batches():
     assert idx.tolist() == [[1, 2, 3, 0], [4, 0, 0, 0], [5, 6, 7, 8]]
     assert lengths.tolist() == [3, 1, 4] and labels.tolist() == [0, 1, 1]
     assert sum(len(b[2]) for b in iter_labeled_batches(examples, 2, 0, 8)) == 3
+
+
+def test_length_buckets_cut_padding_but_keep_uniform_sampling():
+    lengths = np.random.default_rng(0).integers(1, 60, size=400)
+    # The first token of each text is its example number, so a batch tells which examples it drew.
+    examples = LabeledExamples(ids=[[i] + [500] * (n - 1) for i, n in enumerate(lengths)], labels=[0] * 400)
+    sampler = LengthBucketSampler(examples, pad_id=0, max_len=48, num_buckets=8)
+    idx, lens, _ = sampler(16, torch.Generator().manual_seed(3))
+    assert torch.equal(idx, sampler(16, torch.Generator().manual_seed(3))[0])
+    assert idx.shape[1] == int(lens.max()) <= 48
+    g = torch.Generator().manual_seed(0)
+    counts = np.zeros(400)
+    for _ in range(2000):
+        idx, lens, _ = sampler(20, g)
+        assert int(lens.max() - lens.min()) <= 12  # about an eighth of the length range
+        np.add.at(counts, idx[:, 0].numpy(), 1)
+    assert counts.sum() == 40_000 and counts.min() > 50 and counts.max() < 160  # 100 each on average
+    with pytest.raises(ValueError, match="num_buckets"):
+        LengthBucketSampler(examples, 0, 48, 0)
+
+
+def test_predictions_come_back_in_example_order():
+    from lmcore.evaluate import predict_classes
+    from lmcore.models import SequenceClassifier
+    from tests.lmcore.helpers import tiny_model
+
+    torch.manual_seed(0)
+    model = SequenceClassifier(tiny_model("gpt"), 2).eval()
+    examples = LabeledExamples(ids=[[3] * n for n in (9, 2, 5, 1, 7)], labels=[0, 1, 0, 1, 0])
+    _, probs = predict_classes(model, examples, pad_id=0, max_len=16, batch_size=2)
+    one_by_one = [predict_classes(model, LabeledExamples([ids], [0]), 0, 16)[1][0] for ids in examples.ids]
+    assert np.allclose(probs, np.stack(one_by_one), atol=1e-5)

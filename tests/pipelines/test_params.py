@@ -31,6 +31,7 @@ def test_the_shipped_params_load():
         (lambda p: p["model"].update(arch="mamba"), "model.arch='mamba'"),
         (lambda p: p["finetune"]["train"].pop("learning_rate"), "missing config key 'finetune.train.learning_rate'"),
         (lambda p: p.update(trainng={}), "unknown config key 'trainng'"),
+        (lambda p: p["finetune"].update(length_buckets=0), "finetune.length_buckets must be at least 1, got 0"),
         (lambda p: p["tokenizer"].update(kind="wordpiece"), "'tokenizer.kind' must be one of"),
         (
             lambda p: p["ingest"]["labeled"]["sources"][0].update(split="dev"),
