@@ -52,13 +52,15 @@ def project_root(cwd: Path | None = None) -> Path:
 def configure(experiment: str) -> str:
     """Point MLflow at the tracking store and return the experiment id."""
     root = project_root()
-    if "MLFLOW_TRACKING_URI" not in os.environ:
+    # Read before set_tracking_uri: MLflow 3 exports the URI it is given to MLFLOW_TRACKING_URI.
+    embedded = "MLFLOW_TRACKING_URI" not in os.environ
+    if embedded:
         mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     existing = mlflow.get_experiment_by_name(experiment)
     if existing is not None:
         mlflow.set_experiment(experiment_id=existing.experiment_id)
         return existing.experiment_id
-    artifact_location = None if "MLFLOW_TRACKING_URI" in os.environ else (root / "mlartifacts").as_uri()
+    artifact_location = (root / "mlartifacts").as_uri() if embedded else None
     experiment_id = mlflow.create_experiment(experiment, artifact_location=artifact_location)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id

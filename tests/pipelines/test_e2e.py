@@ -84,6 +84,7 @@ def test_mlflow_runs_params_metrics_artifacts_and_lineage(tiny_project):
     assert "data_docs" in artifacts and "summary.json" in artifacts
     assert "tokenizer.json" in {a.path for a in client.list_artifacts(runs["tokenizer"].info.run_id)}
     assert {"report.md", "plots"} <= {a.path for a in client.list_artifacts(runs["evaluate"].info.run_id)}
+    assert (tiny_project / "mlartifacts").is_dir() and not (tiny_project / "mlruns").exists()  # one git-ignored store
     inputs = runs["ingest"].inputs.dataset_inputs
     assert {d.dataset.name for d in inputs} == {"pretrain", "labeled"} and all(d.dataset.digest for d in inputs)
 
@@ -173,3 +174,28 @@ def test_bad_input_fails_closed_and_keeps_previous_outputs(tiny_project, case):
         assert digest(tiny_project / path) == before, path
     assert "failed to reproduce 'ingest'" in output or "failed to reproduce 'validate'" in output
     assert "Running stage 'tokenizer'" not in output
+
+
+def named_nodes(node: object, name: str) -> list[dict]:
+    """Every JSON object in `node` whose "name" is `name` and that holds "data"."""
+    if isinstance(node, list):
+        return [found for item in node for found in named_nodes(item, name)]
+    if not isinstance(node, dict):
+        return []
+    own = [node] if node.get("name") == name and "data" in node else []
+    return own + [found for value in node.values() for found in named_nodes(value, name)]
+
+
+def test_dvc_exp_run_tries_another_architecture_beside_the_workspace(tiny_project):
+    """`dvc exp run -S model.arch=gpt`: the GPT instead of the default LSTM, through every model stage."""
+    params_before = (tiny_project / "params.yaml").read_text()
+    dvc(tiny_project, "exp", "run", "--temp", "--name", "gpt-arch", "-S", "model.arch=gpt")
+    assert (tiny_project / "params.yaml").read_text() == params_before
+    shown = json.loads(dvc(tiny_project, "exp", "show", "--json").stdout)
+    (experiment,) = named_nodes(shown, "gpt-arch")
+    assert experiment["data"]["params"]["params.yaml"]["data"]["model"]["arch"] == "gpt"
+    evaluation = experiment["data"]["metrics"]["outputs/evaluate/metrics.json"]["data"]
+    assert 0.0 <= evaluation["classification"]["finetuned"]["accuracy"] <= 1.0
+    runs = stage_runs(tiny_project)  # the experiment ran in a temporary copy but logged to the project's store
+    assert runs["pretrain"].data.params["model.arch"] == "gpt"
+    assert runs["finetune"].data.tags["upstream.pretrain"] == runs["pretrain"].info.run_id
