@@ -12,6 +12,7 @@ import dataclasses
 import time
 
 import pandas as pd
+import torch
 import torch.nn as nn
 
 from lmcore.checkpoint import export_model, load_model
@@ -119,6 +120,7 @@ def main() -> None:
         "finetune", params.tracking.experiment, {"finetune": raw["finetune"], "model": raw["model"]}, out, upstream
     ):
         clock = ComputeClock()
+        torch.manual_seed(ft.train.seed)  # the classifier heads and the scratch model draw their init from it
         with clock.measure():
             tokenizer = load_tokenizer(
                 tok_dir / "tokenizer.json", params.tokenizer.eot_token, params.tokenizer.pad_token

@@ -13,6 +13,7 @@ import shutil
 import time
 
 import pandas as pd
+import torch
 
 from lmcore.checkpoint import CHECKPOINT_NAME, export_model, load_checkpoint
 from lmcore.data import check_block_size, get_batch
@@ -73,6 +74,7 @@ def main() -> None:
             block_size, batch_size = config.block_size, params.pretrain.batch_size
             check_block_size(train_data, block_size, "pretrain train split")
             check_block_size(val_data, block_size, "pretrain validation split")
+            torch.manual_seed(params.pretrain.seed)  # the init draws from the global generator, random per process
             model = build_model(arch, config)
             fingerprint = hashlib.sha256(
                 json.dumps([arch, model_values, raw["pretrain"], tokenizer.sha256()], sort_keys=True).encode()

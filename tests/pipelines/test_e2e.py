@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 import warnings
 
@@ -106,6 +107,14 @@ def test_nothing_changed_is_a_fast_no_op(tiny_project):
     result = dvc(tiny_project, "repro")
     assert "is up to date" in result.stdout or "didn't change" in result.stdout, result.stdout
     assert time.perf_counter() - start < 10
+
+
+def test_pretraining_again_from_scratch_gives_the_same_weights(tiny_project):
+    weights = tiny_project / "outputs/pretrain/model/model.safetensors"
+    before = hashlib.sha256(weights.read_bytes()).hexdigest()
+    shutil.rmtree(tiny_project / "outputs/pretrain/checkpoints")  # no checkpoint to resume from
+    dvc(tiny_project, "repro", "--force", "--single-item", "pretrain")
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == before
 
 
 def test_misspelled_params_key_is_an_error_naming_it(tiny_project):
