@@ -74,16 +74,3 @@ def test_length_buckets_cut_padding_but_keep_uniform_sampling():
     assert counts.sum() == 40_000 and counts.min() > 50 and counts.max() < 160  # 100 each on average
     with pytest.raises(ValueError, match="num_buckets"):
         LengthBucketSampler(examples, 0, 48, 0)
-
-
-def test_predictions_come_back_in_example_order():
-    from lmcore.evaluate import predict_classes
-    from lmcore.models import SequenceClassifier
-    from tests.lmcore.helpers import tiny_model
-
-    torch.manual_seed(0)
-    model = SequenceClassifier(tiny_model("gpt"), 2).eval()
-    examples = LabeledExamples(ids=[[3] * n for n in (9, 2, 5, 1, 7)], labels=[0, 1, 0, 1, 0])
-    _, probs = predict_classes(model, examples, pad_id=0, max_len=16, batch_size=2)
-    one_by_one = [predict_classes(model, LabeledExamples([ids], [0]), 0, 16)[1][0] for ids in examples.ids]
-    assert np.allclose(probs, np.stack(one_by_one), atol=1e-5)

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from lmcore.evaluate import bootstrap_accuracy, classification_metrics, evaluate_lm
+from lmcore.data import LabeledExamples
+from lmcore.evaluate import bootstrap_accuracy, classification_metrics, evaluate_lm, predict_classes
+from lmcore.models import SequenceClassifier
 from tests.lmcore.helpers import VOCAB, tiny_model, token_stream
 
 
@@ -45,3 +47,12 @@ def test_bootstrap_interval_and_paired_difference():
     assert r["ci_low"] < r["accuracy"] < r["ci_high"]
     assert 0.02 < r["ci_high"] - r["ci_low"] < 0.07  # about +-1.4 points at n=872
     assert r["diff_ci_low"] > 0.2 and r == bootstrap_accuracy(correct, baseline, seed=1)
+
+
+def test_predictions_come_back_in_example_order():
+    torch.manual_seed(0)
+    model = SequenceClassifier(tiny_model("gpt"), 2).eval()
+    examples = LabeledExamples(ids=[[3] * n for n in (9, 2, 5, 1, 7)], labels=[0, 1, 0, 1, 0])
+    _, probs = predict_classes(model, examples, pad_id=0, max_len=16, batch_size=2)
+    one_by_one = [predict_classes(model, LabeledExamples([ids], [0]), 0, 16)[1][0] for ids in examples.ids]
+    assert np.allclose(probs, np.stack(one_by_one), atol=1e-5)
