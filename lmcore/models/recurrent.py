@@ -61,7 +61,14 @@ class RecurrentLM(nn.Module):
 
     def _run(self, idx: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState]:
         x = self.drop(self.wte(idx))  # (B, T, E)
-        h, state = self.rnn(x, state)  # (B, T, H)
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # oneDNN builds reduced-precision LSTM kernels only on CPUs with AVX-512 BF16 or
+            # AMX; elsewhere the call fails. The recurrence runs in fp32 on CPU, the rest in
+            # the autocast dtype; on CUDA cuDNN runs it in bf16/fp16.
+            with torch.autocast("cpu", enabled=False):
+                h, state = self.rnn(x.float(), state)  # (B, T, H)
+        else:
+            h, state = self.rnn(x, state)  # (B, T, H)
         return self.drop(h), state
 
     def features(self, idx: torch.Tensor) -> torch.Tensor:

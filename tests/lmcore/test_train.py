@@ -60,9 +60,9 @@ def test_training_reduces_validation_loss_and_logs_metrics():
     assert [s for s, m in logs if "val/loss" in m] == [5 * i for i in range(1, 13)]
 
 
-@pytest.mark.parametrize("name", ["gpt", "lstm"])
-def test_resume_after_interruption_is_exact(tmp_path, name):
-    cfg = TrainConfig(**{**BASE.__dict__, "max_steps": 16})
+@pytest.mark.parametrize("name,dtype", [("gpt", "float32"), ("lstm", "float32"), ("gpt", "float16")])
+def test_resume_after_interruption_is_exact(tmp_path, name, dtype):
+    cfg = TrainConfig(**{**BASE.__dict__, "max_steps": 16, "dtype": dtype, "device": "cpu"})
     torch.manual_seed(0)
     reference = tiny_model(name, dropout=0.1)
     _, ref_logs = run(reference, cfg, checkpoint_dir=tmp_path / "ref")
@@ -88,6 +88,30 @@ def test_resume_after_interruption_is_exact(tmp_path, name):
         assert torch.equal(value, resumed.state_dict()[key]), key
     ref_losses = {s: m["train/loss"] for s, m in ref_logs if s > 10 and "train/loss" in m}
     assert ref_losses == {s: m["train/loss"] for s, m in resumed_logs if "train/loss" in m}
+    # fp16's loss scaler counts steps since its last overflow: 16 only if the count was restored.
+    scaler_state = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)["scaler"]
+    assert scaler_state == load_checkpoint(tmp_path / "ref" / CHECKPOINT_NAME)["scaler"]
+    if dtype == "float16":
+        assert scaler_state["_growth_tracker"] == 16
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("name", ["gpt", "gpt_classic", "lstm", "gru"])
+def test_mixed_precision_computes_in_low_precision_and_keeps_fp32_weights(name, dtype):
+    """The CUDA path's autocast and loss scaling, run on CPU (where lmcore's default is fp32)."""
+    torch.manual_seed(0)
+    model = tiny_model(name)
+    evaluate = lambda m: evaluate_lm(m, DATA, 16, num_windows=64)  # noqa: E731
+    before = evaluate(model)["loss"]
+    head_output_dtypes = set()
+    model.lm_head.register_forward_hook(lambda module, inputs, output: head_output_dtypes.add(output.dtype))
+    cfg = TrainConfig(
+        **{**BASE.__dict__, "max_steps": 60, "batch_size": 8, "eval_interval": 60, "dtype": dtype, "device": "cpu"}
+    )
+    result = train(model, cfg, lambda g: get_batch(DATA, 8, 16, g), lm_loss, evaluate)
+    assert head_output_dtypes == {getattr(torch, dtype)}
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert result.eval_metrics["loss"] < before - 1.5
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
