@@ -166,15 +166,6 @@ class LengthBucketSampler:
         return pad_batch(self.examples, self.by_length[picks].tolist(), self.pad_id, self.max_len)
 
 
-def iter_labeled_batches(
-    examples: LabeledExamples, batch_size: int, pad_id: int, max_len: int, order: Sequence[int] | None = None
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Every example once, in `order` (default: as stored), cut into batches (deterministic)."""
-    order = range(len(examples)) if order is None else order
-    for start in range(0, len(order), batch_size):
-        yield pad_batch(examples, order[start : start + batch_size], pad_id, max_len)
-
-
 def save_labeled(path: str | os.PathLike, examples: LabeledExamples, vocab_size: int) -> None:
     """Labeled examples as one .npz of flat ids, offsets and labels (no pickle)."""
     lengths = np.array([len(ids) for ids in examples.ids], dtype=np.int64)

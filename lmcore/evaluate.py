@@ -2,20 +2,52 @@
 
 Everything here is deterministic: fixed windows, fixed order, seeded bootstrap.
 Bits per byte divide the loss by the stream's bytes per token, so tokenizers compare fairly.
+Inside `shared_across_ranks` (the training loop's evaluations under torchrun) each rank takes
+every world_size-th batch and the sums are all-reduced, so every rank gets the single-process
+figures for 1/world_size of the work.
 
 Shapes: B batch, T time, V vocab_size, K num_classes, N examples.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
+from contextvars import ContextVar
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmcore.data import LabeledExamples, iter_eval_batches, iter_labeled_batches
+from lmcore.data import LabeledExamples, iter_eval_batches, pad_batch
+
+_RANK_SHARE: ContextVar[tuple[int, int]] = ContextVar("lmcore_evaluation_rank_share", default=(0, 1))
+
+
+@contextlib.contextmanager
+def shared_across_ranks(rank: int, world_size: int) -> Iterator[None]:
+    """Evaluations inside split their batches over the process group's ranks.
+
+    Every rank must then make the same evaluation calls in the same order (they all-reduce).
+    Outside, an evaluation on one rank alone does all the work and needs no other rank.
+    """
+    token = _RANK_SHARE.set((rank, world_size))
+    try:
+        yield
+    finally:
+        _RANK_SHARE.reset(token)
+
+
+def _reduce_over_ranks(values: np.ndarray, device: torch.device, op: str = "sum") -> np.ndarray:
+    """`values` summed (or maxed) over the ranks sharing this evaluation, in float64."""
+    if _RANK_SHARE.get()[1] == 1:
+        return values
+    total = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64)).to(device)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return total.cpu().numpy()
 
 
 @torch.no_grad()
@@ -29,8 +61,11 @@ def evaluate_lm(
 ) -> dict[str, float]:
     """Loss, perplexity, top-1/top-5 next-token accuracy and (given bytes_per_token) bits per byte."""
     device = next(model.parameters()).device
+    rank, world_size = _RANK_SHARE.get()
     total_loss, top1, top5, count = 0.0, 0, 0, 0
-    for x, y in iter_eval_batches(data, batch_size, block_size, num_windows):
+    for i, (x, y) in enumerate(iter_eval_batches(data, batch_size, block_size, num_windows)):
+        if i % world_size != rank:
+            continue
         x, y = x.to(device), y.to(device)
         logits = model(x).float()  # (B, T, V)
         total_loss += F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()
@@ -38,6 +73,7 @@ def evaluate_lm(
         top1 += (best5[..., 0] == y).sum().item()
         top5 += (best5 == y[..., None]).any(-1).sum().item()
         count += y.numel()
+    total_loss, top1, top5, count = _reduce_over_ranks(np.array([total_loss, top1, top5, count]), device).tolist()
     loss = total_loss / count
     metrics = {
         "loss": loss,
@@ -58,15 +94,26 @@ def predict_classes(
 
     Batches hold texts of similar length (sorted), so little compute goes to padding.
     """
+    if len(examples) == 0:
+        raise ValueError("predict_classes got no examples")
     device = next(model.parameters()).device
+    rank, world_size = _RANK_SHARE.get()
     order = np.argsort([len(ids) for ids in examples.ids], kind="stable")
-    probs = []
-    for idx, lengths, _ in iter_labeled_batches(examples, batch_size, pad_id, max_len, order):
-        probs.append(F.softmax(model(idx.to(device), lengths.to(device)).float(), dim=-1).cpu())
-    sorted_probs = torch.cat(probs).numpy()  # (N, K) in length order
-    p = np.empty_like(sorted_probs)
-    p[order] = sorted_probs
-    return p.argmax(-1), p
+    p = None  # (N, K) in example order; rows of other ranks' batches stay 0
+    for i, start in enumerate(range(0, len(order), batch_size)):
+        if i % world_size != rank:
+            continue
+        rows = order[start : start + batch_size]
+        idx, lengths, _ = pad_batch(examples, rows, pad_id, max_len)
+        probs = F.softmax(model(idx.to(device), lengths.to(device)).float(), dim=-1).cpu().numpy()  # (B, K)
+        if p is None:
+            p = np.zeros((len(examples), probs.shape[1]), dtype=np.float64)
+        p[rows] = probs
+    if world_size > 1:
+        # A rank with no batch (fewer batches than ranks) joins the sum with zeros.
+        num_classes = int(_reduce_over_ranks(np.array([0 if p is None else p.shape[1]]), device, "max")[0])
+        p = _reduce_over_ranks(np.zeros((len(examples), num_classes)) if p is None else p, device)
+    return p.argmax(-1), p.astype(np.float32)
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict:

@@ -6,7 +6,9 @@ callables: `get_batch(generator)`, `compute_loss(model, batch)` and `evaluate(mo
 
 Every micro-batch draws from its own generator seeded by (seed, step, slot), so a resumed run
 and a data-parallel run see exactly the batches of an uninterrupted single-process run with the
-same global batch. Under torchrun the same function runs DDP (NCCL on GPUs, gloo on CPU).
+same global batch. Under torchrun the same function runs DDP (NCCL on GPUs, gloo on CPU), and
+the `evaluate` callable runs on every rank with lmcore's evaluation functions splitting their
+batches over the ranks (see `lmcore.evaluate.shared_across_ranks`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmcore.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from lmcore.evaluate import shared_across_ranks
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +246,7 @@ def train(
 
     def run_eval() -> dict[str, float]:
         raw_model.eval()
-        with torch.no_grad(), autocast_context(device, dtype):
+        with torch.no_grad(), autocast_context(device, dtype), shared_across_ranks(rank, world_size):
             metrics = evaluate(raw_model)
         raw_model.train()
         return metrics

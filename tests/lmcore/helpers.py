@@ -1,7 +1,9 @@
 """Tiny models and data shared by the lmcore tests (2 layers, 32 wide)."""
 
 import numpy as np
+import torch
 
+from lmcore.data import LabeledExamples
 from lmcore.models import build_model, build_model_config
 
 VOCAB = 48
@@ -36,3 +38,17 @@ def token_stream(n: int = 4000, seed: int = 0) -> np.ndarray:
     base = np.tile(np.arange(VOCAB // 2), n // (VOCAB // 2) + 1)[:n]
     noise = rng.random(n) < 0.1
     return np.where(noise, rng.integers(0, VOCAB, n), base).astype(np.uint16)
+
+
+def make_labeled(n=64, seed=0):
+    """Texts of 3-11 tokens whose class shows in one token: 7 for class 1, 9 for class 0."""
+    g = torch.Generator().manual_seed(seed)
+    ids, labels = [], []
+    for _ in range(n):
+        label = int(torch.randint(2, (1,), generator=g))
+        length = int(torch.randint(3, 12, (1,), generator=g))
+        row = torch.randint(10, 48, (length,), generator=g).tolist()
+        row[int(torch.randint(length, (1,), generator=g))] = 7 if label else 9
+        ids.append(row)
+        labels.append(label)
+    return LabeledExamples(ids, labels)

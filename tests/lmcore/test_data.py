@@ -7,7 +7,6 @@ from lmcore.data import (
     LengthBucketSampler,
     eval_window_starts,
     get_batch,
-    iter_labeled_batches,
     load_token_stream,
     pad_batch,
     write_token_stream,
@@ -54,7 +53,6 @@ def test_padded_batches():
     idx, lengths, labels = pad_batch(examples, [0, 1, 2], pad_id=0, max_len=4)
     assert idx.tolist() == [[1, 2, 3, 0], [4, 0, 0, 0], [5, 6, 7, 8]]
     assert lengths.tolist() == [3, 1, 4] and labels.tolist() == [0, 1, 1]
-    assert sum(len(b[2]) for b in iter_labeled_batches(examples, 2, 0, 8)) == 3
 
 
 def test_length_buckets_cut_padding_but_keep_uniform_sampling():

@@ -1,8 +1,10 @@
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_two_process_gloo_run_matches_single_process(tmp_path):
+def test_two_process_gloo_run_matches_single_process_and_shares_evaluation(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     worker = ["-m", "tests.lmcore.ddp_worker"]
     subprocess.run([sys.executable, *worker, str(tmp_path / "single.pt")], env=env, cwd=ROOT, check=True, timeout=120)
@@ -35,3 +37,14 @@ def test_two_process_gloo_run_matches_single_process(tmp_path):
     assert single.keys() == ddp.keys()
     for key, value in single.items():
         assert torch.allclose(value, ddp[key], atol=1e-5), key
+
+    # Each rank evaluates every other batch of 8 and still gets the single-process figures.
+    alone = json.loads((tmp_path / "single.pt.rank0.json").read_text())
+    ranks = [json.loads((tmp_path / f"ddp.pt.rank{r}.json").read_text()) for r in (0, 1)]
+    assert len(alone["evaluations"]) == 2  # steps 3 and 6
+    for shared in ranks:
+        for expected, got in zip(alone["evaluations"], shared["evaluations"], strict=True):
+            assert got["lm"] == pytest.approx(expected["lm"], rel=1e-5)
+            np.testing.assert_allclose(got["probs"], expected["probs"], atol=1e-5)
+    assert alone["rows_seen"] == {"windows": 80, "texts": 74}  # 40 windows and 37 texts, twice
+    assert [r["rows_seen"] for r in ranks] == [{"windows": 48, "texts": 42}, {"windows": 32, "texts": 32}]

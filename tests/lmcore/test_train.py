@@ -2,11 +2,11 @@ import pytest
 import torch
 
 from lmcore.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from lmcore.data import LabeledExamples, get_batch, get_labeled_batch
+from lmcore.data import get_batch, get_labeled_batch
 from lmcore.evaluate import evaluate_lm
 from lmcore.models import SequenceClassifier
 from lmcore.train import TrainConfig, TrainingDivergedError, classification_loss, get_lr, lm_loss, train
-from tests.lmcore.helpers import tiny_model, token_stream
+from tests.lmcore.helpers import make_labeled, tiny_model, token_stream
 
 DATA = token_stream()
 BASE = TrainConfig(
@@ -128,20 +128,6 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     assert state["step"] == 5
     assert all(torch.isfinite(v).all() for v in state["model"].values())
-
-
-def make_labeled(n=64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids, labels = [], []
-    for _ in range(n):
-        label = int(torch.randint(2, (1,), generator=g))
-        length = int(torch.randint(3, 12, (1,), generator=g))
-        # class 1 texts contain token 7, class 0 texts token 9
-        row = torch.randint(10, 48, (length,), generator=g).tolist()
-        row[int(torch.randint(length, (1,), generator=g))] = 7 if label else 9
-        ids.append(row)
-        labels.append(label)
-    return LabeledExamples(ids, labels)
 
 
 def test_classifier_finetuning_learns_and_early_stops():
