@@ -35,16 +35,20 @@ PRESETS: dict[str, dict[str, Any]] = {
             "grad_clip": 1.0,
         },
     },
+    # Two layers, not four: on a CPU the shallower model reaches the target in fewer seconds
+    # (400 steps at about half the step time). LayerNorm, not RMSNorm: on CPU torch fuses
+    # LayerNorm into one kernel and the step was 4% faster at equal loss. A 500-step cosine
+    # anneals before the target is reached (350-400 steps instead of 425 with a 1500-step one).
     "gpt-fast-char": {
         "arch": "gpt",
         "model": {
             "block_size": 64,
-            "n_layer": 4,
+            "n_layer": 2,
             "n_head": 4,
             "n_embd": 128,
             "dropout": 0.0,
             "bias": False,
-            "norm": "rmsnorm",
+            "norm": "layernorm",
             "position": "rotary",
             "mlp": "relu2",
         },
@@ -53,8 +57,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "learning_rate": 3e-3,
             "min_lr": 3e-4,
             "warmup_steps": 30,
-            "lr_decay_steps": 1500,
-            "max_steps": 1500,
+            "lr_decay_steps": 500,
+            "max_steps": 500,
             "beta2": 0.99,
             "weight_decay": 0.1,
             "grad_clip": 1.0,
