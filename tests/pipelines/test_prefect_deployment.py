@@ -94,27 +94,23 @@ def deployed(tmp_path_factory):
 
 
 def flow_run_details(env: dict[str, str], flow_run_id: str) -> tuple[object, list[object], list[object]]:
-    old = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME")}
-    os.environ.update(PREFECT_API_URL=env["PREFECT_API_URL"], PREFECT_HOME=env["PREFECT_HOME"])
-    try:
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    """The flow run, its task runs and artifacts, read from the test's server.
 
-        async def fetch():
-            async with get_client() as client:
-                run = await client.read_flow_run(flow_run_id)
-                runs_filter = FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
-                tasks = await client.read_task_runs(flow_run_filter=runs_filter)
-                artifacts = await client.read_artifacts(flow_run_filter=runs_filter)
-                return run, tasks, artifacts
+    An explicit client: Prefect reads PREFECT_API_URL once, at import, so a get_client() here
+    would start a temporary server of its own (on the same SQLite file) instead.
+    """
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-        return asyncio.run(fetch())
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    async def fetch():
+        async with PrefectClient(api=env["PREFECT_API_URL"]) as client:
+            run = await client.read_flow_run(flow_run_id)
+            runs_filter = FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+            tasks = await client.read_task_runs(flow_run_filter=runs_filter)
+            artifacts = await client.read_artifacts(flow_run_filter=runs_filter)
+            return run, tasks, artifacts
+
+    return asyncio.run(fetch())
 
 
 def find_key(node: object, key: str) -> list[dict]:
