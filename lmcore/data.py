@@ -93,10 +93,12 @@ def eval_window_starts(num_tokens: int, block_size: int, num_windows: int) -> np
 
 
 def iter_eval_batches(
-    data: np.ndarray, batch_size: int, block_size: int, num_windows: int
+    data: np.ndarray, batch_size: int, block_size: int, num_windows: int, rank: int = 0, world_size: int = 1
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The fixed evaluation windows in batches; with world_size > 1, only every world_size-th
+    batch from `rank`, so a rank reads no window it does not evaluate."""
     starts = eval_window_starts(len(data), block_size, num_windows)
-    for i in range(0, len(starts), batch_size):
+    for i in range(rank * batch_size, len(starts), batch_size * world_size):
         index = starts[i : i + batch_size, None] + np.arange(block_size + 1)  # (B, T+1)
         window = torch.from_numpy(data[index].astype(np.int64))
         yield window[:, :-1], window[:, 1:]

@@ -63,9 +63,7 @@ def evaluate_lm(
     device = next(model.parameters()).device
     rank, world_size = _RANK_SHARE.get()
     total_loss, top1, top5, count = 0.0, 0, 0, 0
-    for i, (x, y) in enumerate(iter_eval_batches(data, batch_size, block_size, num_windows)):
-        if i % world_size != rank:
-            continue
+    for x, y in iter_eval_batches(data, batch_size, block_size, num_windows, rank, world_size):
         x, y = x.to(device), y.to(device)
         logits = model(x).float()  # (B, T, V)
         total_loss += F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()
