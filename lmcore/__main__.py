@@ -31,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 
-    model, _ = load_model(args.model, device=torch.device(args.device))
+    try:
+        model, _ = load_model(args.model, device=torch.device(args.device))
+    except ValueError as error:
+        parser.error(str(error))
     if isinstance(model, SequenceClassifier):
         parser.error(f"{args.model} holds a classifier; generation needs a language model")
     tokenizer = load_tokenizer(args.model / "tokenizer.json")

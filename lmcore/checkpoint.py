@@ -16,8 +16,10 @@ from typing import Any
 import safetensors.torch
 import torch
 import torch.nn as nn
+from tokenizers import Tokenizer
 
 from lmcore.models import SequenceClassifier, build_model, build_model_config
+from lmcore.tokenizer import tokenizer_sha256
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -40,6 +42,24 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def check_state_fits(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
+    """Raise ValueError naming every key of `weights` that `model` lacks, misses or shapes otherwise."""
+    own = model.state_dict()
+    problems = [f"missing {k}" for k in sorted(own.keys() - weights.keys())]
+    problems += [f"unexpected {k}" for k in sorted(weights.keys() - own.keys())]
+    problems += [
+        f"{k} is {tuple(weights[k].shape)} there but {tuple(own[k].shape)} here"
+        for k in sorted(own.keys() & weights.keys())
+        if weights[k].shape != own[k].shape
+    ]
+    if problems:
+        raise ValueError(
+            f"{source} does not fit this model (another model config or tokenizer?): "
+            + "; ".join(problems[:5])
+            + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        )
 
 
 def export_model(
@@ -75,6 +95,7 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
     if not config_path.exists():
         raise ValueError(f"{directory} is not an exported model folder: {config_path} is missing")
     config = json.loads(config_path.read_text())
+    check_folder_tokenizer(directory, config)
     model = build_model(config["arch"], build_model_config(config["arch"], config["model"]))
     if "classifier" in config:
         model = SequenceClassifier(model, config["classifier"]["num_classes"], config["classifier"]["pooling"])
@@ -84,3 +105,23 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
             f"{directory}/model.safetensors does not match its config: missing {missing}, unexpected {unexpected}"
         )
     return model.to(device).eval(), config
+
+
+def check_folder_tokenizer(directory: Path, config: dict[str, Any]) -> None:
+    """An exported folder's tokenizer.json must be the one its model was trained with."""
+    path = directory / "tokenizer.json"
+    if not path.exists():
+        return
+    tokenizer = Tokenizer.from_file(str(path))
+    vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+    if vocab_size != config["model"]["vocab_size"]:
+        raise ValueError(
+            f"{path} has {vocab_size} tokens but {directory / 'config.json'} says"
+            f" model.vocab_size={config['model']['vocab_size']}: the tokenizer does not belong to this model"
+        )
+    expected = config.get("tokenizer_sha256")
+    if expected and tokenizer_sha256(tokenizer) != expected:
+        raise ValueError(
+            f"{path} is not the tokenizer the model was trained with"
+            f" (tokenizer_sha256={expected[:12]}... in {directory / 'config.json'})"
+        )

@@ -84,7 +84,12 @@ class TextTokenizer:
         os.replace(tmp, path)
 
     def sha256(self) -> str:
-        return hashlib.sha256(self.tokenizer.to_str().encode()).hexdigest()
+        return tokenizer_sha256(self.tokenizer)
+
+
+def tokenizer_sha256(tokenizer: Tokenizer) -> str:
+    """The identity of a tokenizer: its serialized JSON's SHA-256."""
+    return hashlib.sha256(tokenizer.to_str().encode()).hexdigest()
 
 
 def train_tokenizer(texts: Iterable[str], config: TokenizerConfig) -> TextTokenizer:

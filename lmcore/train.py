@@ -28,7 +28,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmcore.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from lmcore.checkpoint import CHECKPOINT_NAME, check_state_fits, load_checkpoint, save_checkpoint
 from lmcore.evaluate import shared_across_ranks
 
 logger = logging.getLogger(__name__)
@@ -233,6 +233,7 @@ def train(
     checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if checkpoint_path is not None and checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path)
+        check_state_fits(raw_model, state["model"], str(checkpoint_path))
         raw_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])

@@ -60,3 +60,32 @@ def test_export_classifier(tmp_path):
 def test_load_model_errors(tmp_path):
     with pytest.raises(ValueError, match="config.json is missing"):
         load_model(tmp_path)
+
+
+def test_load_model_refuses_a_tokenizer_that_is_not_the_models(tmp_path):
+    from lmcore.tokenizer import TokenizerConfig, train_tokenizer
+
+    tokenizer = train_tokenizer(["abcdefg hij\n" * 20], TokenizerConfig(kind="char"))
+    other = train_tokenizer(["klmnopq rst\n" * 20], TokenizerConfig(kind="char"))  # same size, other symbols
+    assert other.vocab_size == tokenizer.vocab_size
+    config = {**TINY["gpt"], "vocab_size": tokenizer.vocab_size}
+    model = tiny_model("gpt", vocab_size=tokenizer.vocab_size)
+    for name, tok in (("right", tokenizer), ("other", other)):
+        tok.save(tmp_path / f"{name}.json")
+
+    export_model(
+        tmp_path / "m", model, "gpt", config, tmp_path / "right.json", {"tokenizer_sha256": tokenizer.sha256()}
+    )
+    load_model(tmp_path / "m")
+    (tmp_path / "m" / "tokenizer.json").write_bytes((tmp_path / "other.json").read_bytes())
+    with pytest.raises(ValueError, match="not the tokenizer the model was trained with"):
+        load_model(tmp_path / "m")
+
+    bigger = {**config, "vocab_size": tokenizer.vocab_size + 5}
+    export_model(
+        tmp_path / "b", tiny_model("gpt", vocab_size=bigger["vocab_size"]), "gpt", bigger, tmp_path / "right.json"
+    )
+    with pytest.raises(
+        ValueError, match=f"has {tokenizer.vocab_size} tokens .* model.vocab_size={bigger['vocab_size']}"
+    ):
+        load_model(tmp_path / "b")

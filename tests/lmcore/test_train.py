@@ -203,3 +203,15 @@ def test_compiled_training_matches_eager_and_checkpoints_plain_names(tmp_path):
     for key, value in eager.state_dict().items():
         assert torch.allclose(value, compiled.state_dict()[key], atol=1e-5), key
     assert set(load_checkpoint(tmp_path / CHECKPOINT_NAME)["model"]) == set(eager.state_dict())
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
+    cfg = TrainConfig(**{**BASE.__dict__, "max_steps": 5})
+    run(tiny_model("gpt"), cfg, checkpoint_dir=tmp_path)
+    with pytest.raises(
+        ValueError, match=r"checkpoint.pt does not fit .*wte.weight is \(48, 32\) there but \(40, 32\) here"
+    ):
+        run(
+            tiny_model("gpt", vocab_size=40), TrainConfig(**{**BASE.__dict__, "max_steps": 10}), checkpoint_dir=tmp_path
+        )
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == 5  # left as it was
