@@ -117,6 +117,12 @@ def predict_classes(
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict:
     """Accuracy, macro-F1 and the confusion matrix (rows: true class, columns: predicted)."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"{len(y_true)} true labels but {len(y_pred)} predictions")
+    for name, labels in (("true", y_true), ("predicted", y_pred)):
+        outside = labels[(labels < 0) | (labels >= num_classes)]
+        if outside.size:
+            raise ValueError(f"{name} label {outside[0]} is outside 0..{num_classes - 1} (num_classes={num_classes})")
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (y_true, y_pred), 1)
     tp = np.diag(confusion).astype(float)

@@ -37,6 +37,12 @@ def test_classification_metrics():
     assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
     # F1 per class: 0.5, 0.8, 0.0
     assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+    with pytest.raises(ValueError, match=r"true label 3 is outside 0..2 \(num_classes=3\)"):
+        classification_metrics(np.array([0, 3]), np.array([0, 1]), 3)
+    with pytest.raises(ValueError, match="predicted label -1"):
+        classification_metrics(np.array([0, 1]), np.array([0, -1]), 3)
+    with pytest.raises(ValueError, match="2 true labels but 3 predictions"):
+        classification_metrics(np.array([0, 1]), np.array([0, 1, 1]), 3)
 
 
 def test_bootstrap_interval_and_paired_difference():
