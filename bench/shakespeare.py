@@ -7,6 +7,7 @@ characters of the file. Validation loss is measured on a fixed set of windows (d
   python bench/shakespeare.py --preset nanogpt-char            # throughput and final loss
   python bench/shakespeare.py --preset lstm-fast-char --target 1.886 --eval-interval 50
   python bench/shakespeare.py --preset gpt-fast-char --device cuda --gpt2-small   # GPU MFU
+  torchrun --standalone --nproc_per_node 2 bench/shakespeare.py --threads 1   # DDP, same global batch
 
 Prints tokens/s, ms/step (median), MFU against a matmul peak measured here, the validation loss
 and, with --target, the wall time (training and evaluation) to reach it.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -87,6 +89,11 @@ def main() -> None:
         if section not in ("model", "train") or not name:
             raise ValueError(f"--set takes model.KEY=VALUE or train.KEY=VALUE, got {item!r}")
         (model_values if section == "model" else train_values)[name] = json.loads(value)
+    # Under torchrun the preset's batch stays the global batch: each rank takes its share.
+    world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if train_values["batch_size"] % world_size:
+        raise ValueError(f"train.batch_size={train_values['batch_size']} does not split over {world_size} ranks")
+    train_values["batch_size"] //= world_size
     eval_interval = args.eval_interval or train_values["max_steps"]
     config = config_from_dict(
         TrainConfig,
@@ -113,17 +120,19 @@ def main() -> None:
     start = time.perf_counter()
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        # Every rank gets the same (all-reduced) loss, so every rank stops at the target together.
         metrics = evaluate_lm(m, val_ids, block_size, 64, args.eval_windows)
+        elapsed = time.perf_counter() - start
+        step = min((len(evals) + 1) * config.eval_interval, config.max_steps)  # train's schedule
+        evals.append((step, metrics["loss"], elapsed))
+        if rank == 0:
+            print(f"step {step:5d} val {metrics['loss']:.4f} at {elapsed:.1f}s", flush=True)
+        if args.target and metrics["loss"] <= args.target:
+            raise TargetReached
         return metrics
 
     def log(step: int, metrics: dict[str, float]) -> None:
-        if "val/loss" in metrics:
-            elapsed = time.perf_counter() - start
-            evals.append((step, metrics["val/loss"], elapsed))
-            print(f"step {step:5d} val {metrics['val/loss']:.4f} at {elapsed:.1f}s", flush=True)
-            if args.target and metrics["val/loss"] <= args.target:
-                raise TargetReached
-        else:
+        if "train/loss" in metrics:
             logs.append(metrics)
 
     reached = False
@@ -132,6 +141,8 @@ def main() -> None:
     except TargetReached:
         reached = True
     wall = time.perf_counter() - start
+    if rank:
+        return  # rank 0 reports
     step_ms = statistics.median(m["train/step_ms"] for m in logs[1:] or logs)
     tokens_per_sec = statistics.median(m["train/tokens_per_sec"] for m in logs[1:] or logs)
     figures = {
@@ -141,6 +152,7 @@ def main() -> None:
         "device": str(device),
         "dtype": str(dtype).replace("torch.", ""),
         "threads": args.threads,
+        "ranks": world_size,
         "steps": evals[-1][0] if evals else None,
         "tokens_per_sec": round(tokens_per_sec),
         "ms_per_step": round(step_ms, 2),
