@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from lmcore.data import get_batch
 from lmcore.evaluate import evaluate_lm
 from lmcore.models import build_model, build_model_config
 from lmcore.presets import get_preset
-from lmcore.train import TrainConfig, lm_loss, measure_peak_flops, resolve_device, resolve_dtype, train
+from lmcore.train import TrainConfig, lm_loss, measure_peak_flops, resolve_dtype, setup_distributed, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +89,7 @@ def main() -> None:
             raise ValueError(f"--set takes model.KEY=VALUE or train.KEY=VALUE, got {item!r}")
         (model_values if section == "model" else train_values)[name] = json.loads(value)
     # Under torchrun the preset's batch stays the global batch: each rank takes its share.
-    world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    rank, world_size, device = setup_distributed(args.device)  # device: this rank's GPU under torchrun
     if train_values["batch_size"] % world_size:
         raise ValueError(f"train.batch_size={train_values['batch_size']} does not split over {world_size} ranks")
     train_values["batch_size"] //= world_size
@@ -107,7 +106,6 @@ def main() -> None:
             "seed": 1337,
         },
     )
-    device = resolve_device(args.device)
     dtype = resolve_dtype(config.dtype, device)
     peak = measure_peak_flops(device, dtype, size=4096 if device.type == "cuda" else 2048, repeats=10)
     config = dataclasses.replace(config, peak_flops=peak)
