@@ -8,8 +8,11 @@ figure is the median over rounds of the per-round speed-up (reference ms/step / 
   python bench/throughput_ratio.py --rounds 5 --threads 2
   python bench/throughput_ratio.py --rounds 5 --threads 2 --ddp   # also 2 ranks x 1 thread
 
-With --ddp, lmcore also runs as two data-parallel ranks of one thread each under torchrun
-(global batch unchanged), the other way to put two cores to work.
+With more than one thread, lmcore runs twice: with torch's intra-op threads (`lmcore`), and with
+each batch split by rows over that many threads of one intra-op thread each
+(`lmcore_batch_threads`, train.batch_threads). With --ddp, lmcore also runs as two
+data-parallel ranks of one thread each under torchrun (global batch unchanged), the third way
+to put two cores to work.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ def main() -> None:
         "nanogpt": [sys.executable, str(BENCH / "nanogpt_reference.py"), *steps, "--threads", str(args.threads)],
         "lmcore": [sys.executable, *lmcore, "--threads", str(args.threads)],
     }
+    if args.threads > 1:
+        split = ["--set", f"train.batch_threads={args.threads}"]
+        commands["lmcore_batch_threads"] = [sys.executable, *lmcore, *split, "--threads", str(args.threads)]
     if args.ddp:
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
         commands["lmcore_ddp"] = [*torchrun, *lmcore, "--threads", "1"]

@@ -68,6 +68,10 @@ def test_train_config_errors():
         TrainConfig(learning_rate=1e-3, min_lr=1e-2)
     with pytest.raises(ValueError, match="train.max_steps"):
         TrainConfig(max_steps=0)
+    with pytest.raises(ValueError, match="train.batch_threads=5 is more than train.batch_size=4"):
+        TrainConfig(batch_size=4, batch_threads=5)
+    with pytest.raises(ValueError, match="train.batch_threads must be >= 0"):
+        TrainConfig(batch_threads=-1)
 
 
 def test_presets_build():

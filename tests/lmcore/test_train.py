@@ -5,7 +5,15 @@ from lmcore.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from lmcore.data import get_batch, get_labeled_batch
 from lmcore.evaluate import evaluate_lm
 from lmcore.models import SequenceClassifier
-from lmcore.train import TrainConfig, TrainingDivergedError, classification_loss, get_lr, lm_loss, train
+from lmcore.train import (
+    TrainConfig,
+    TrainingDivergedError,
+    classification_loss,
+    get_lr,
+    lm_loss,
+    resolve_batch_threads,
+    train,
+)
 from tests.lmcore.helpers import make_labeled, tiny_model, token_stream
 
 DATA = token_stream()
@@ -60,11 +68,17 @@ def test_training_reduces_validation_loss_and_logs_metrics():
     assert [s for s, m in logs if "val/loss" in m] == [5 * i for i in range(1, 13)]
 
 
-@pytest.mark.parametrize("name,dtype", [("gpt", "float32"), ("lstm", "float32"), ("gpt", "float16")])
-def test_resume_after_interruption_is_exact(tmp_path, name, dtype):
-    cfg = TrainConfig(**{**BASE.__dict__, "max_steps": 16, "dtype": dtype, "device": "cpu"})
+@pytest.mark.parametrize(
+    "name,dtype,batch_threads",
+    [("gpt", "float32", 1), ("lstm", "float32", 1), ("gpt", "float16", 1), ("gpt", "float32", 2)],
+)
+def test_resume_after_interruption_is_exact(tmp_path, name, dtype, batch_threads):
+    cfg = TrainConfig(
+        **{**BASE.__dict__, "max_steps": 16, "dtype": dtype, "device": "cpu", "batch_threads": batch_threads}
+    )
+    dropout = 0.1 if batch_threads == 1 else 0.0  # threads refuse dropout
     torch.manual_seed(0)
-    reference = tiny_model(name, dropout=0.1)
+    reference = tiny_model(name, dropout=dropout)
     _, ref_logs = run(reference, cfg, checkpoint_dir=tmp_path / "ref")
 
     torch.manual_seed(0)
@@ -76,13 +90,13 @@ def test_resume_after_interruption_is_exact(tmp_path, name, dtype):
             raise KeyboardInterrupt
         return lm_batches(generator)
 
-    interrupted = tiny_model(name, dropout=0.1)
+    interrupted = tiny_model(name, dropout=dropout)
     with pytest.raises(KeyboardInterrupt):
         train(interrupted, cfg, crashing_batches, lm_loss, checkpoint_dir=tmp_path / "run")
     assert load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)["step"] == 10
 
     torch.manual_seed(123)  # a fresh process: nothing carried over but the checkpoint
-    resumed = tiny_model(name, dropout=0.1)
+    resumed = tiny_model(name, dropout=dropout)
     _, resumed_logs = run(resumed, cfg, checkpoint_dir=tmp_path / "run")
     for key, value in reference.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
@@ -215,3 +229,61 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
             tiny_model("gpt", vocab_size=40), TrainConfig(**{**BASE.__dict__, "max_steps": 10}), checkpoint_dir=tmp_path
         )
     assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == 5  # left as it was
+
+
+@pytest.mark.parametrize("name", ["gpt", "lstm", "gru", "classifier"])
+def test_batch_threads_train_the_whole_batch_deterministically(name):
+    labeled = make_labeled(64)
+
+    def trained(batch_threads):
+        torch.manual_seed(0)
+        cfg = TrainConfig(max_steps=4, batch_size=4, grad_accum_steps=2, warmup_steps=1, peak_flops=1e9)
+        cfg = TrainConfig(**{**cfg.__dict__, "batch_threads": batch_threads})
+        if name == "classifier":  # padded batches of texts of different lengths
+            model = SequenceClassifier(tiny_model("lstm"), 2)
+            train(model, cfg, lambda g: get_labeled_batch(labeled, 4, 0, 16, g), classification_loss)
+        else:
+            model = tiny_model(name)
+            train(model, cfg, lm_batches, lm_loss)
+        return model.state_dict()
+
+    torch.set_num_threads(2)  # the caller's intra-op setting, which the shard threads must not change
+    try:
+        whole, split, again = trained(1), trained(3), trained(3)  # shards of 2, 1 and 1 rows
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    for key, value in whole.items():
+        assert torch.allclose(value, split[key], atol=1e-5), key  # shard losses weighted by rows
+        assert torch.equal(split[key], again[key]), key  # gradients summed in shard order
+
+
+@pytest.mark.parametrize(
+    "changes, dropout, message",
+    [
+        ({}, 0.1, "train.batch_threads=2 needs dropout 0"),
+        ({"compile": True}, 0.0, "train.batch_threads=2 cannot be combined with train.compile"),
+        ({"device": "cuda"}, 0.0, "train.batch_threads=2 runs on CPU only, the device is cuda"),
+    ],
+)
+def test_batch_threads_refuse_what_they_cannot_split_exactly(changes, dropout, message):
+    cfg = TrainConfig(**{**BASE.__dict__, "batch_threads": 2, **changes})
+    model = tiny_model("gpt", dropout=dropout)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=message):
+        run(model, cfg)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # refused before any step
+
+
+def test_auto_batch_threads_use_torch_threads_where_the_run_allows():
+    auto = TrainConfig(**{**BASE.__dict__, "batch_threads": 0})
+    cpu = torch.device("cpu")
+    torch.set_num_threads(2)
+    try:
+        assert resolve_batch_threads(tiny_model("gpt"), auto, cpu, 1) == 2
+        assert resolve_batch_threads(tiny_model("gpt", dropout=0.1), auto, cpu, 1) == 1
+        assert resolve_batch_threads(tiny_model("gpt"), auto, torch.device("cuda"), 1) == 1
+        assert resolve_batch_threads(tiny_model("gpt"), auto, cpu, 2) == 1
+    finally:
+        torch.set_num_threads(1)
+    assert resolve_batch_threads(tiny_model("gpt"), auto, cpu, 1) == 1
