@@ -34,6 +34,21 @@ def test_the_shipped_params_load():
         (lambda p: p["finetune"].update(length_buckets=0), "finetune.length_buckets must be at least 1, got 0"),
         (lambda p: p["tokenizer"].update(kind="wordpiece"), "'tokenizer.kind' must be one of"),
         (
+            lambda p: p["finetune"]["train"].update(batch_threads=2),  # the classifier has dropout 0.1
+            r"finetune.train.batch_threads=2 needs finetune.classifier_dropout 0, got 0.1",
+        ),
+        (
+            lambda p: (p["pretrain"].update(batch_threads=2), p["model"]["lstm"].update(dropout=0.2)),
+            r"pretrain.batch_threads=2 needs model.lstm.dropout 0, got 0.2",
+        ),
+        (
+            lambda p: (
+                p["finetune"].update(lm_batch_size=1, classifier_dropout=0.0),
+                p["finetune"]["train"].update(batch_threads=2),
+            ),
+            "finetune.train.batch_threads=2 is more than finetune.lm_batch_size=1",
+        ),
+        (
             lambda p: p["ingest"]["labeled"]["sources"][0].update(split="dev"),
             r"'ingest.labeled.sources\[0\].split' must be one of",
         ),
