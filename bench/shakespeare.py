@@ -8,6 +8,7 @@ characters of the file. Validation loss is measured on a fixed set of windows (d
   python bench/shakespeare.py --preset lstm-fast-char --target 1.886 --eval-interval 50
   python bench/shakespeare.py --preset gpt-fast-char --device cuda --gpt2-small   # GPU MFU
   torchrun --standalone --nproc_per_node 2 bench/shakespeare.py --threads 1   # DDP, same global batch
+  python bench/shakespeare.py --set train.batch_threads=2   # each batch as 2 row shards on 2 threads
 
 Prints tokens/s, ms/step (median), MFU against a matmul peak measured here, the validation loss
 and, with --target, the wall time (training and evaluation) to reach it.
@@ -151,6 +152,7 @@ def main() -> None:
         "dtype": str(dtype).replace("torch.", ""),
         "threads": args.threads,
         "ranks": world_size,
+        "batch_threads": config.batch_threads,
         "steps": evals[-1][0] if evals else None,
         "tokens_per_sec": round(tokens_per_sec),
         "ms_per_step": round(step_ms, 2),
