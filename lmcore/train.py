@@ -388,88 +388,92 @@ def train(
     train_loss, stopped_early = float("nan"), False
     tokens_since_log, steps_since_log, time_since_log = 0, 0, 0.0
     raw_model.train()
-    while True:
-        final = step >= config.max_steps
-        if (
-            evaluate is not None
-            and step != last_eval_step
-            and (final or (step > 0 and step % config.eval_interval == 0))
-        ):
-            eval_metrics = run_eval()
-            last_eval_step = step
-            log(step, {f"val/{k}": v for k, v in eval_metrics.items()})
-            if config.early_stopping_patience:
-                value = eval_metrics[config.early_stopping_metric]
-                better = best_metric is None or (
-                    value < best_metric if config.early_stopping_mode == "min" else value > best_metric
+    try:
+        while True:
+            final = step >= config.max_steps
+            if (
+                evaluate is not None
+                and step != last_eval_step
+                and (final or (step > 0 and step % config.eval_interval == 0))
+            ):
+                eval_metrics = run_eval()
+                last_eval_step = step
+                log(step, {f"val/{k}": v for k, v in eval_metrics.items()})
+                if config.early_stopping_patience:
+                    value = eval_metrics[config.early_stopping_metric]
+                    better = best_metric is None or (
+                        value < best_metric if config.early_stopping_mode == "min" else value > best_metric
+                    )
+                    if better:
+                        best_metric, bad_evals = value, 0
+                        best_state = {k: v.detach().to("cpu", copy=True) for k, v in raw_model.state_dict().items()}
+                    else:
+                        bad_evals += 1
+                        stopped_early = bad_evals >= config.early_stopping_patience
+            if final or stopped_early or (step > 0 and step % config.checkpoint_interval == 0):
+                write_checkpoint()
+            if final or stopped_early:
+                break
+
+            t0 = time.perf_counter()
+            lr = get_lr(step, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=device)
+            tokens = 0
+            for micro_step in range(config.grad_accum_steps):
+                batch = get_batch(batch_generator(config.seed, step, rank * config.grad_accum_steps + micro_step))
+                batch = tuple(t.to(device, non_blocking=True) for t in batch)
+                tokens += batch[0].numel()
+                if sharded is not None:
+                    loss_sum += sharded(model, compute_loss, batch, 1 / config.grad_accum_steps, scaler)
+                    continue
+                sync = world_size == 1 or micro_step == config.grad_accum_steps - 1
+                with contextlib.nullcontext() if sync else model.no_sync(), autocast_context(device, dtype):
+                    loss = compute_loss(model, batch) / config.grad_accum_steps
+                scaler.scale(loss).backward()
+                loss_sum += loss.detach()
+            if world_size > 1:
+                dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+            train_loss = loss_sum.item()
+            if not math.isfinite(train_loss):
+                optimizer.zero_grad(set_to_none=True)
+                raise TrainingDivergedError(
+                    f"loss is {train_loss} at step {step}; training stopped, the last good checkpoint"
+                    f" ({checkpoint_path or 'none written'}) is kept"
                 )
-                if better:
-                    best_metric, bad_evals = value, 0
-                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in raw_model.state_dict().items()}
-                else:
-                    bad_evals += 1
-                    stopped_early = bad_evals >= config.early_stopping_patience
-        if final or stopped_early or (step > 0 and step % config.checkpoint_interval == 0):
-            write_checkpoint()
-        if final or stopped_early:
-            break
-
-        t0 = time.perf_counter()
-        lr = get_lr(step, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum = torch.zeros((), device=device)
-        tokens = 0
-        for micro_step in range(config.grad_accum_steps):
-            batch = get_batch(batch_generator(config.seed, step, rank * config.grad_accum_steps + micro_step))
-            batch = tuple(t.to(device, non_blocking=True) for t in batch)
-            tokens += batch[0].numel()
-            if sharded is not None:
-                loss_sum += sharded(model, compute_loss, batch, 1 / config.grad_accum_steps, scaler)
-                continue
-            sync = world_size == 1 or micro_step == config.grad_accum_steps - 1
-            with contextlib.nullcontext() if sync else model.no_sync(), autocast_context(device, dtype):
-                loss = compute_loss(model, batch) / config.grad_accum_steps
-            scaler.scale(loss).backward()
-            loss_sum += loss.detach()
-        if world_size > 1:
-            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-        train_loss = loss_sum.item()
-        if not math.isfinite(train_loss):
+            scaler.unscale_(optimizer)
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                params, config.grad_clip if config.grad_clip > 0 else float("inf")
+            )
+            scaler.step(optimizer)
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            raise TrainingDivergedError(
-                f"loss is {train_loss} at step {step}; training stopped, the last good checkpoint"
-                f" ({checkpoint_path or 'none written'}) is kept"
-            )
-        scaler.unscale_(optimizer)
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip if config.grad_clip > 0 else float("inf"))
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
+            step += 1
 
-        _synchronize(device)
-        tokens_since_log += tokens * world_size
-        steps_since_log += 1
-        time_since_log += time.perf_counter() - t0
-        if step % config.log_interval == 0 or step == config.max_steps:
-            tokens_per_sec = tokens_since_log / time_since_log
-            log(
-                step,
-                {
-                    "train/loss": train_loss,
-                    "train/lr": lr,
-                    "train/grad_norm": float(grad_norm),
-                    "train/tokens_per_sec": tokens_per_sec,
-                    "train/step_ms": 1000 * time_since_log / steps_since_log,
-                    "train/mfu": flops_per_token * tokens_per_sec / (peak_flops * world_size),
-                },
-            )
-            tokens_since_log, steps_since_log, time_since_log = 0, 0, 0.0
+            _synchronize(device)
+            tokens_since_log += tokens * world_size
+            steps_since_log += 1
+            time_since_log += time.perf_counter() - t0
+            if step % config.log_interval == 0 or step == config.max_steps:
+                tokens_per_sec = tokens_since_log / time_since_log
+                log(
+                    step,
+                    {
+                        "train/loss": train_loss,
+                        "train/lr": lr,
+                        "train/grad_norm": float(grad_norm),
+                        "train/tokens_per_sec": tokens_per_sec,
+                        "train/step_ms": 1000 * time_since_log / steps_since_log,
+                        "train/mfu": flops_per_token * tokens_per_sec / (peak_flops * world_size),
+                    },
+                )
+                tokens_since_log, steps_since_log, time_since_log = 0, 0, 0.0
+    finally:
+        if sharded is not None:
+            sharded.close()
 
-    if sharded is not None:
-        sharded.close()
     if config.early_stopping_patience and best_state is not None:
         raw_model.load_state_dict(best_state)  # finetuning keeps the best validated weights
     return TrainResult(step, train_loss, eval_metrics, best_metric, stopped_early)

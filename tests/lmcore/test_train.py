@@ -1,3 +1,5 @@
+import threading
+
 import pytest
 import torch
 
@@ -287,3 +289,16 @@ def test_auto_batch_threads_use_torch_threads_where_the_run_allows():
     finally:
         torch.set_num_threads(1)
     assert resolve_batch_threads(tiny_model("gpt"), auto, cpu, 1) == 1
+
+
+def test_shard_threads_end_with_training_even_when_it_fails():
+    calls: list[int] = []
+
+    def diverging(model, batch):
+        calls.append(1)
+        loss = lm_loss(model, batch)
+        return loss * float("nan") if len(calls) > 6 else loss  # two shards a step: NaN from step 3
+
+    with pytest.raises(TrainingDivergedError, match="at step 3"):
+        train(tiny_model("gpt"), TrainConfig(**{**BASE.__dict__, "batch_threads": 2}), lm_batches, diverging)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("lmcore-shard")]
