@@ -233,9 +233,17 @@ class ShardedBackward:
     so a model with active dropout is refused, as is torch.compile (Dynamo is not thread-safe).
     """
 
-    def __init__(self, model: nn.Module, threads: int, amp: Callable[[], contextlib.AbstractContextManager]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        threads: int,
+        amp: Callable[[], contextlib.AbstractContextManager],
+        scaler: torch.amp.GradScaler,
+    ) -> None:
+        self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.threads = threads
+        self.scaler = scaler
         self.amp = amp  # autocast state is per thread: each shard enters its own
         # The intra-op thread count is per thread, so the caller's own setting stays as it is.
         self.pool = ThreadPoolExecutor(
@@ -243,12 +251,7 @@ class ShardedBackward:
         )
 
     def __call__(
-        self,
-        model: nn.Module,
-        compute_loss: Callable[[nn.Module, Batch], torch.Tensor],
-        batch: Batch,
-        weight: float,
-        scaler: torch.amp.GradScaler,
+        self, compute_loss: Callable[[nn.Module, Batch], torch.Tensor], batch: Batch, weight: float
     ) -> torch.Tensor:
         """Accumulate weight * d(loss)/d(params) into .grad; return weight * loss, detached."""
         rows = batch[0].size(0)
@@ -256,8 +259,8 @@ class ShardedBackward:
 
         def forward_backward(shard: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor | None, ...]]:
             with self.amp():
-                loss = compute_loss(model, shard) * (weight * shard[0].size(0) / rows)
-            return loss.detach(), torch.autograd.grad(scaler.scale(loss), self.params, allow_unused=True)
+                loss = compute_loss(self.model, shard) * (weight * shard[0].size(0) / rows)
+            return loss.detach(), torch.autograd.grad(self.scaler.scale(loss), self.params, allow_unused=True)
 
         results = list(self.pool.map(forward_backward, shards))
         for i, param in enumerate(self.params):
@@ -348,8 +351,8 @@ def train(
     flops_per_token = raw_model.flops_per_token() if hasattr(raw_model, "flops_per_token") else 0.0
     sharded = None
     if batch_threads > 1:
-        sharded = ShardedBackward(raw_model, batch_threads, lambda: autocast_context(device, dtype))
-        logger.info("each micro-batch runs as %d row shards on %d threads", batch_threads, batch_threads)
+        sharded = ShardedBackward(raw_model, batch_threads, lambda: autocast_context(device, dtype), scaler)
+        logger.info("each micro-batch runs as %d row shards, one thread each", batch_threads)
 
     def run_eval() -> dict[str, float]:
         raw_model.eval()
@@ -426,7 +429,7 @@ def train(
                 batch = tuple(t.to(device, non_blocking=True) for t in batch)
                 tokens += batch[0].numel()
                 if sharded is not None:
-                    loss_sum += sharded(model, compute_loss, batch, 1 / config.grad_accum_steps, scaler)
+                    loss_sum += sharded(compute_loss, batch, 1 / config.grad_accum_steps)
                     continue
                 sync = world_size == 1 or micro_step == config.grad_accum_steps - 1
                 with contextlib.nullcontext() if sync else model.no_sync(), autocast_context(device, dtype):

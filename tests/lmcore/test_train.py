@@ -239,8 +239,9 @@ def test_batch_threads_train_the_whole_batch_deterministically(name):
 
     def trained(batch_threads):
         torch.manual_seed(0)
-        cfg = TrainConfig(max_steps=4, batch_size=4, grad_accum_steps=2, warmup_steps=1, peak_flops=1e9)
-        cfg = TrainConfig(**{**cfg.__dict__, "batch_threads": batch_threads})
+        cfg = TrainConfig(
+            max_steps=4, batch_size=4, grad_accum_steps=2, warmup_steps=1, peak_flops=1e9, batch_threads=batch_threads
+        )
         if name == "classifier":  # padded batches of texts of different lengths
             model = SequenceClassifier(tiny_model("lstm"), 2)
             train(model, cfg, lambda g: get_labeled_batch(labeled, 4, 0, 16, g), classification_loss)
