@@ -174,18 +174,20 @@ def load_params(path: str | Path | None = None) -> Params:
 
 def check_batch_threads(params: Params) -> None:
     """Threads refuse dropout (lmcore.train.ShardedBackward): say so at load, not after a stage's work."""
-    arch = params.model.arch
+    arch, task = params.model.arch, params.finetune.task
     backbone = (f"model.{arch}.dropout", params.model.config_values().get("dropout", 0.0))
     classifier = ("finetune.classifier_dropout", params.finetune.classifier_dropout)
     finetune_threads = params.finetune.train.batch_threads
-    for key, threads, (dropout_key, dropout) in (
+    checks = [
         ("pretrain.batch_threads", params.pretrain.batch_threads, backbone),
         ("finetune.train.batch_threads", finetune_threads, backbone),
-        ("finetune.train.batch_threads", finetune_threads, classifier),
-    ):
+    ]
+    if task != "lm":  # the classifier (and the scratch baseline) only train for classification tasks
+        checks.append(("finetune.train.batch_threads", finetune_threads, classifier))
+    for key, threads, (dropout_key, dropout) in checks:
         if threads > 1 and dropout > 0:
             raise ValueError(f"{key}={threads} needs {dropout_key} 0, got {dropout}; or use 0 (auto) or 1")
-    if finetune_threads > params.finetune.lm_batch_size:
+    if task != "classification" and finetune_threads > params.finetune.lm_batch_size:
         raise ValueError(
             f"finetune.train.batch_threads={finetune_threads} is more than finetune.lm_batch_size="
             f"{params.finetune.lm_batch_size}: every thread needs at least one row"

@@ -61,5 +61,21 @@ def test_errors_name_file_and_key(tmp_path, mutate, message):
     assert str(path) in str(error.value)
 
 
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        # task lm trains no classifier, so its dropout does not stop the LM phase from splitting
+        lambda p: (p["finetune"].update(task="lm"), p["finetune"]["train"].update(batch_threads=2)),
+        # task classification has no LM phase, so lm_batch_size does not bound the threads
+        lambda p: (
+            p["finetune"].update(task="classification", lm_batch_size=1, classifier_dropout=0.0),
+            p["finetune"]["train"].update(batch_threads=2),
+        ),
+    ],
+)
+def test_batch_threads_checks_only_the_phases_the_task_trains(tmp_path, mutate):
+    assert load_params(write(tmp_path, mutate)).finetune.train.batch_threads == 2
+
+
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": [1]}}, "e": 2}) == {"a.b": 1, "a.c.d": [1], "e": 2}
