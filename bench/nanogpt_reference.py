@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -84,15 +85,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eval-windows", type=int, default=400)
+    parser.add_argument("--data", type=Path, default=ROOT / "data/tinyshakespeare/input.txt")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(1337)
-    text = (ROOT / "data/tinyshakespeare/input.txt").read_text()
+    text = args.data.read_text()
     chars = sorted(set(text))
     stoi = {c: i for i, c in enumerate(chars)}
     ids = np.fromiter((stoi[c] for c in text), dtype=np.uint16, count=len(text))
     split = int(0.9 * len(ids))
-    path = Path("/tmp/nanogpt_reference_train.bin")
+    workdir = tempfile.TemporaryDirectory()  # removed at exit; a fixed name would collide between runs
+    path = Path(workdir.name) / "train.bin"
     ids[:split].tofile(path)
     val = ids[split:]
 

@@ -42,12 +42,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ddp", action="store_true", help="also run lmcore as 2 ranks x 1 thread under torchrun")
+    parser.add_argument("--eval-windows", type=int, default=400)
+    parser.add_argument("--data", type=Path, default=BENCH.parent / "data/tinyshakespeare/input.txt")
     args = parser.parse_args()
 
+    both = ["--data", str(args.data), "--eval-windows", str(args.eval_windows)]
     steps = ["--steps", str(args.steps)]
-    lmcore = [str(BENCH / "shakespeare.py"), "--preset", "nanogpt-char", "--set", f"train.max_steps={args.steps}"]
+    lmcore = [
+        str(BENCH / "shakespeare.py"),
+        *both,
+        "--preset",
+        "nanogpt-char",
+        "--set",
+        f"train.max_steps={args.steps}",
+    ]
     commands = {
-        "nanogpt": [sys.executable, str(BENCH / "nanogpt_reference.py"), *steps, "--threads", str(args.threads)],
+        "nanogpt": [sys.executable, str(BENCH / "nanogpt_reference.py"), *both, *steps, "--threads", str(args.threads)],
         "lmcore": [sys.executable, *lmcore, "--threads", str(args.threads)],
     }
     if args.threads > 1:
