@@ -34,6 +34,7 @@ from lmcore.presets import get_preset
 from lmcore.train import TrainConfig, lm_loss, measure_peak_flops, resolve_dtype, setup_distributed, train
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY_SHAKESPEARE = ROOT / "data/tinyshakespeare/input.txt"
 
 
 class TargetReached(Exception):
@@ -58,6 +59,7 @@ def main() -> None:
         "--eval-interval", type=int, default=0, help="evaluate every N steps (default: only at the end)"
     )
     parser.add_argument("--eval-windows", type=int, default=400)
+    parser.add_argument("--data", type=Path, default=TINY_SHAKESPEARE, help="any text file (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--gpt2-small", action="store_true", help="GPT-2-small shape (12x768, block 1024) for GPU MFU")
@@ -74,7 +76,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     preset = get_preset(args.preset)
-    train_ids, val_ids, vocab_size = load_char_data(ROOT / "data/tinyshakespeare/input.txt")
+    train_ids, val_ids, vocab_size = load_char_data(args.data)
     model_values = {**preset["model"], "vocab_size": vocab_size}
     train_values = dict(preset["train"])
     if args.gpt2_small:
@@ -101,7 +103,7 @@ def main() -> None:
             **train_values,
             "eval_interval": eval_interval,
             "checkpoint_interval": 10**9,
-            "log_interval": 10,
+            "log_interval": min(10, eval_interval),  # a log before the first evaluation, which can stop the run
             "device": args.device,
             "compile": args.compile,
             "seed": 1337,

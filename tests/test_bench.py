@@ -1,0 +1,76 @@
+"""The benchmark scripts run end to end, a few steps each, on a small self-made text.
+
+They are how the README's figures are reproduced and how the GPU figures get recorded in a short
+lease, so a change to lmcore that breaks them should fail here rather than there.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def corpus(tmp_path, shakespeare_text) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text(shakespeare_text * 4)  # about 30k characters: 64-character windows in both splits
+    return path
+
+
+def run_bench(script: str, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(ROOT / "bench" / script), "--threads", "1", *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def last_json(result: subprocess.CompletedProcess) -> dict:
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = "\n" + result.stdout
+    return json.loads(output[output.rindex("\n{") + 1 :])
+
+
+def test_shakespeare_bench_stops_at_the_target_and_writes_its_figures(corpus, tmp_path):
+    figures_path = tmp_path / "figures.json"
+    result = run_bench(
+        "shakespeare.py",
+        *("--data", str(corpus), "--preset", "lstm-fast-char", "--steps", "6", "--eval-interval", "2"),
+        *("--eval-windows", "8", "--target", "100", "--json", str(figures_path)),
+    )
+    figures = last_json(result)
+    assert figures == json.loads(figures_path.read_text())
+    assert figures["target_reached"] and figures["steps"] == 2  # the first evaluation is under 100
+    assert figures["time_to_target_s"] > 0 and figures["tokens_per_sec"] > 0
+    assert 0 < figures["final_val_loss"] < 100 and 0 < figures["mfu"] < 1
+
+
+def test_gpu_script_arguments_run_on_cpu_with_a_small_model(corpus):
+    # bench/gpu.sh's GPT-2-small command, shrunk by --set, which applies after --gpt2-small
+    shrink = ["--set", "model.n_layer=1", "--set", "model.n_embd=64", "--set", "model.n_head=2"]
+    result = run_bench(
+        "shakespeare.py",
+        *("--data", str(corpus), "--preset", "gpt-fast-char", "--gpt2-small", *shrink, "--set", "model.block_size=32"),
+        *("--steps", "2", "--eval-windows", "4", "--device", "cpu"),
+    )
+    figures = last_json(result)
+    assert figures["device"] == "cpu" and figures["dtype"] == "float32"
+    assert figures["params"] < 200_000 and figures["steps"] == 2
+
+
+def test_shakespeare_bench_names_a_bad_override(corpus):
+    result = run_bench("shakespeare.py", "--data", str(corpus), "--set", "n_layer=2")
+    assert result.returncode != 0
+    assert "--set takes model.KEY=VALUE or train.KEY=VALUE, got 'n_layer=2'" in result.stderr
+
+
+def test_throughput_ratio_runs_both_programs_on_the_same_recipe(corpus):
+    result = run_bench(
+        "throughput_ratio.py", "--data", str(corpus), "--rounds", "1", "--steps", "12", "--eval-windows", "8"
+    )
+    summary = last_json(result)
+    assert summary["rounds"] == 1 and summary["steps"] == 12
+    assert summary["nanogpt_ms_per_step"] > 0 and summary["lmcore_speedup_median"] > 0
+    # the same model, init scheme and schedule: after 12 steps both are near ln(vocabulary)
+    assert abs(summary["nanogpt_val_loss"] - summary["lmcore_val_loss"]) < 0.5
