@@ -46,18 +46,25 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=BENCH.parent / "data/tinyshakespeare/input.txt")
     args = parser.parse_args()
 
-    both = ["--data", str(args.data), "--eval-windows", str(args.eval_windows)]
+    shared_args = ["--data", str(args.data), "--eval-windows", str(args.eval_windows)]
     steps = ["--steps", str(args.steps)]
     lmcore = [
         str(BENCH / "shakespeare.py"),
-        *both,
+        *shared_args,
         "--preset",
         "nanogpt-char",
         "--set",
         f"train.max_steps={args.steps}",
     ]
     commands = {
-        "nanogpt": [sys.executable, str(BENCH / "nanogpt_reference.py"), *both, *steps, "--threads", str(args.threads)],
+        "nanogpt": [
+            sys.executable,
+            str(BENCH / "nanogpt_reference.py"),
+            *shared_args,
+            *steps,
+            "--threads",
+            str(args.threads),
+        ],
         "lmcore": [sys.executable, *lmcore, "--threads", str(args.threads)],
     }
     if args.threads > 1:
