@@ -329,6 +329,7 @@ def train(
     batch_threads = resolve_batch_threads(model, config, device, world_size)
     raw_model = model.to(device)
     optimizer = build_optimizer(raw_model, config, device)
+    params = [p for g in optimizer.param_groups for p in g["params"]]  # fixed for the run: clipped every step
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     step, last_eval_step, best_metric, bad_evals, best_state = 0, -1, None, 0, None
     checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
@@ -446,7 +447,6 @@ def train(
                     f" ({checkpoint_path or 'none written'}) is kept"
                 )
             scaler.unscale_(optimizer)
-            params = [p for g in optimizer.param_groups for p in g["params"]]
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 params, config.grad_clip if config.grad_clip > 0 else float("inf")
             )
