@@ -22,6 +22,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,6 +49,14 @@ def load_char_data(path: Path) -> tuple[np.ndarray, np.ndarray, int]:
     ids = np.fromiter((stoi[c] for c in text), dtype=np.uint16, count=len(text))
     n = int(0.9 * len(ids))
     return ids[:n], ids[n:], len(chars)
+
+
+def parse_value(text: str) -> Any:
+    """A --set value as JSON (0.003, true, 2), else the bare string (model.mlp=relu2)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def main() -> None:
@@ -90,7 +99,7 @@ def main() -> None:
         section, _, name = key.partition(".")
         if section not in ("model", "train") or not name:
             raise ValueError(f"--set takes model.KEY=VALUE or train.KEY=VALUE, got {item!r}")
-        (model_values if section == "model" else train_values)[name] = json.loads(value)
+        (model_values if section == "model" else train_values)[name] = parse_value(value)
     # Under torchrun the preset's batch stays the global batch: each rank takes its share.
     rank, world_size, device = setup_distributed(args.device)  # device: this rank's GPU under torchrun
     if train_values["batch_size"] % world_size:

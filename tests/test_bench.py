@@ -74,3 +74,10 @@ def test_throughput_ratio_runs_both_programs_on_the_same_recipe(corpus):
     assert summary["nanogpt_ms_per_step"] > 0 and summary["lmcore_speedup_median"] > 0
     # the same model, init scheme and schedule: after 12 steps both are near ln(vocabulary)
     assert abs(summary["nanogpt_val_loss"] - summary["lmcore_val_loss"]) < 0.5
+
+
+def test_shakespeare_bench_takes_a_bare_string_override(corpus):
+    # a bare word is a string (as `dvc exp run -S` reads it), checked by the model config
+    result = run_bench("shakespeare.py", "--data", str(corpus), "--steps", "1", "--set", "model.mlp=relu3")
+    assert result.returncode != 0
+    assert "config key 'model.mlp' must be one of ['gelu', 'swiglu', 'relu2'], got 'relu3'" in result.stderr
