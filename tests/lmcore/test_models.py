@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from lmcore.models import SequenceClassifier
+from lmcore.models.gpt import ReLUSquared
 from tests.lmcore.helpers import TINY, VOCAB, tiny_model
 
 ALL = list(TINY)
@@ -108,3 +109,13 @@ def test_classifier_freeze_backbone_leaves_only_the_head():
     model.freeze_backbone()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"head.weight", "head.bias"}
+
+
+def test_relu_squared_matches_autograd_composite():
+    x = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(ReLUSquared.apply, (x,))
+    grad = torch.randn(3, 5, 8, dtype=torch.float64)
+    (ours,) = torch.autograd.grad(ReLUSquared.apply(x), x, grad)
+    (reference,) = torch.autograd.grad(F.relu(x) ** 2, x, grad)
+    assert torch.equal(ReLUSquared.apply(x), F.relu(x) ** 2)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-15)
