@@ -8,11 +8,12 @@ figure is the median over rounds of the per-round speed-up (reference ms/step / 
   python bench/throughput_ratio.py --rounds 5 --threads 2
   python bench/throughput_ratio.py --rounds 5 --threads 2 --ddp   # also 2 ranks x 1 thread
 
-With more than one thread, lmcore runs twice: with torch's intra-op threads (`lmcore`), and with
-each batch split by rows over that many threads of one intra-op thread each
-(`lmcore_batch_threads`, train.batch_threads). With --ddp, lmcore also runs as two
-data-parallel ranks of one thread each under torchrun (global batch unchanged), the third way
-to put two cores to work.
+With more than one thread, lmcore runs nanoGPT's exact recipe twice: with torch's intra-op
+threads (`lmcore`), and with each batch split by rows over that many threads of one intra-op
+thread each (`lmcore_batch_threads`, train.batch_threads). `lmcore_relu2` is the same shape and
+schedule with lmcore's relu^2 MLP in place of GELU (preset nanogpt-char-relu2), split the same
+way. With --ddp, lmcore also runs as two data-parallel ranks of one thread each under torchrun
+(global batch unchanged), the third way to put two cores to work.
 """
 
 from __future__ import annotations
@@ -48,14 +49,9 @@ def main() -> None:
 
     shared_args = ["--data", str(args.data), "--eval-windows", str(args.eval_windows)]
     steps = ["--steps", str(args.steps)]
-    lmcore = [
-        str(BENCH / "shakespeare.py"),
-        *shared_args,
-        "--preset",
-        "nanogpt-char",
-        "--set",
-        f"train.max_steps={args.steps}",
-    ]
+    lmcore_base = [str(BENCH / "shakespeare.py"), *shared_args, "--set", f"train.max_steps={args.steps}"]
+    lmcore = [*lmcore_base, "--preset", "nanogpt-char"]
+    lmcore_relu2 = [*lmcore_base, "--preset", "nanogpt-char-relu2"]
     commands = {
         "nanogpt": [
             sys.executable,
@@ -67,9 +63,10 @@ def main() -> None:
         ],
         "lmcore": [sys.executable, *lmcore, "--threads", str(args.threads)],
     }
+    split = ["--set", f"train.batch_threads={args.threads}"]
     if args.threads > 1:
-        split = ["--set", f"train.batch_threads={args.threads}"]
         commands["lmcore_batch_threads"] = [sys.executable, *lmcore, *split, "--threads", str(args.threads)]
+    commands["lmcore_relu2"] = [sys.executable, *lmcore_relu2, *split, "--threads", str(args.threads)]
     if args.ddp:
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
         commands["lmcore_ddp"] = [*torchrun, *lmcore, "--threads", "1"]

@@ -1,8 +1,9 @@
 """Named recipes (architecture + optimizer + schedule) measured on character-level Tiny Shakespeare.
 
-`nanogpt-char` is nanoGPT's documented CPU configuration, the reference. The others are the
-fastest recipes found for reaching nanoGPT's validation loss (see bench/shakespeare.py and the
-README for the figures). Each entry: arch, model config values, training config values.
+`nanogpt-char` is nanoGPT's documented CPU configuration, the reference; `nanogpt-char-relu2` is
+the same shape and schedule with lmcore's relu^2 MLP. The others are the fastest recipes found for
+reaching nanoGPT's validation loss (see bench/shakespeare.py and the README for the figures).
+Each entry: arch, model config values, training config values.
 """
 
 from __future__ import annotations
@@ -79,6 +80,16 @@ PRESETS: dict[str, dict[str, Any]] = {
             "grad_clip": 1.0,
         },
     },
+}
+
+
+# nanoGPT's shape, batch and schedule with one change, relu^2 for GELU in the MLP: a cheaper
+# activation (forward plus backward 3x faster than erf GELU on CPU here) and a lower loss,
+# validation 1.796 against 1.900 after the 2000 steps.
+PRESETS["nanogpt-char-relu2"] = {
+    "arch": "gpt",
+    "model": {**PRESETS["nanogpt-char"]["model"], "mlp": "relu2"},
+    "train": dict(PRESETS["nanogpt-char"]["train"]),
 }
 
 
