@@ -261,6 +261,31 @@ def test_batch_threads_train_the_whole_batch_deterministically(name):
         assert torch.equal(split[key], again[key]), key  # gradients summed in shard order
 
 
+def test_batch_threads_step_on_one_main_thread_and_evaluate_on_the_callers():
+    seen = {"batch": set(), "eval": set()}
+
+    def batches(generator):
+        seen["batch"].add(torch.get_num_threads())  # the main thread, during a step
+        return lm_batches(generator)
+
+    def evaluate(model):
+        seen["eval"].add(torch.get_num_threads())
+        return {"loss": 1.0}
+
+    torch.set_num_threads(2)
+    try:
+        train(
+            tiny_model("gpt"),
+            TrainConfig(**{**BASE.__dict__, "max_steps": 6, "batch_threads": 2}),
+            batches,
+            evaluate=evaluate,
+        )
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    assert seen == {"batch": {1}, "eval": {2}}
+
+
 @pytest.mark.parametrize(
     "changes, dropout, message",
     [
