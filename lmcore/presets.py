@@ -60,6 +60,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "warmup_steps": 30,
             "lr_decay_steps": 500,
             "max_steps": 500,
+            "batch_threads": 0,  # auto: 2 row shards on 2 threads, 26-27 s to the target instead of 27-33 s
             "beta2": 0.99,
             "weight_decay": 0.1,
             "grad_clip": 1.0,
@@ -89,7 +90,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESETS["nanogpt-char-relu2"] = {
     "arch": "gpt",
     "model": {**PRESETS["nanogpt-char"]["model"], "mlp": "relu2"},
-    "train": dict(PRESETS["nanogpt-char"]["train"]),
+    "train": {**PRESETS["nanogpt-char"]["train"], "batch_threads": 0},  # auto, as gpt-fast-char
 }
 
 
