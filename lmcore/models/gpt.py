@@ -131,6 +131,7 @@ class ReLUSquared(torch.autograd.Function):
         return r * r
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # a second derivative raises instead of coming out wrong
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (r,) = ctx.saved_tensors
         return (r + r).mul_(grad)

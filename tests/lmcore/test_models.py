@@ -119,3 +119,11 @@ def test_relu_squared_matches_autograd_composite():
     (reference,) = torch.autograd.grad(F.relu(x) ** 2, x, grad)
     assert torch.equal(ReLUSquared.apply(x), F.relu(x) ** 2)
     torch.testing.assert_close(ours, reference, rtol=0, atol=1e-15)
+
+
+def test_relu_squared_refuses_a_second_derivative():
+    x = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    y = ReLUSquared.apply(x)
+    (grad,) = torch.autograd.grad((y * y).sum(), x, create_graph=True)  # the incoming gradient depends on x
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()
