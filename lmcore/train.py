@@ -413,7 +413,8 @@ def train(
     # shards and steps the optimizer (memory-bound), and with more its OpenMP team, once woken by
     # an evaluation, competes with the shards for the cores: nanoGPT's shape stepped in 48 ms
     # instead of 40 with an evaluation every 25 steps. Evaluations keep the caller's threads.
-    torch.set_num_threads(1 if sharded is not None else caller_threads)
+    if sharded is not None:
+        torch.set_num_threads(1)  # restored in the finally below
     try:
         while True:
             final = step >= config.max_steps
