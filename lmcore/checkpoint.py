@@ -70,14 +70,27 @@ def export_model(
     tokenizer_path: str | os.PathLike | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write weights and config to `directory` (replaced as a whole, via a sibling temp dir)."""
+    """Write weights and config to `directory` (replaced as a whole, via a sibling temp dir).
+
+    With a tokenizer, config.json records its SHA-256, so loading refuses a folder whose
+    tokenizer.json was swapped later; an `extra` tokenizer_sha256 that names another tokenizer is
+    refused here, before anything is written.
+    """
     directory = Path(directory)
+    extra = dict(extra or {})
+    if tokenizer_path is not None:
+        sha256 = tokenizer_sha256(Tokenizer.from_file(str(tokenizer_path)))
+        if extra.setdefault("tokenizer_sha256", sha256) != sha256:
+            raise ValueError(
+                f"{tokenizer_path} is not the tokenizer the model was trained with"
+                f" (extra tokenizer_sha256={extra['tokenizer_sha256'][:12]}..., the file's is {sha256[:12]}...)"
+            )
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model = getattr(model, "_orig_mod", model)  # the uncompiled module's state
     safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
-    config: dict[str, Any] = {"arch": arch, "model": model_config, **(extra or {})}
+    config: dict[str, Any] = {"arch": arch, "model": model_config, **extra}
     if isinstance(model, SequenceClassifier):
         config["classifier"] = {"num_classes": model.head.out_features, "pooling": model.pooling}
     (tmp / "config.json").write_text(json.dumps(config, indent=2))

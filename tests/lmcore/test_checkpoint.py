@@ -73,10 +73,14 @@ def test_load_model_refuses_a_tokenizer_that_is_not_the_models(tmp_path):
     for name, tok in (("right", tokenizer), ("other", other)):
         tok.save(tmp_path / f"{name}.json")
 
-    export_model(
-        tmp_path / "m", model, "gpt", config, tmp_path / "right.json", {"tokenizer_sha256": tokenizer.sha256()}
-    )
+    export_model(tmp_path / "m", model, "gpt", config, tmp_path / "right.json")  # records the file's hash
     load_model(tmp_path / "m")
+    saved = (tmp_path / "m" / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="other.json is not the tokenizer the model was trained with"):
+        export_model(
+            tmp_path / "m", model, "gpt", config, tmp_path / "other.json", {"tokenizer_sha256": tokenizer.sha256()}
+        )
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == saved  # the refused export changed nothing
     (tmp_path / "m" / "tokenizer.json").write_bytes((tmp_path / "other.json").read_bytes())
     with pytest.raises(ValueError, match="not the tokenizer the model was trained with"):
         load_model(tmp_path / "m")
