@@ -61,11 +61,16 @@ class RecurrentLM(nn.Module):
 
     def _run(self, idx: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState]:
         x = self.drop(self.wte(idx))  # (B, T, E)
-        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            # oneDNN builds reduced-precision LSTM kernels only on CPUs with AVX-512 BF16 or
-            # AMX; elsewhere the call fails. The recurrence runs in fp32 on CPU, the rest in
-            # the autocast dtype; on CUDA cuDNN runs it in bf16/fp16.
-            with torch.autocast("cpu", enabled=False):
+        device = x.device.type
+        if torch.is_autocast_enabled(device) and (
+            device == "cpu" or torch.get_autocast_dtype(device) == torch.bfloat16
+        ):
+            # The recurrence runs in fp32 (TF32 on CUDA), the rest in the autocast dtype. On CPU,
+            # oneDNN builds reduced-precision RNN kernels only where AVX-512 BF16 or AMX exist and
+            # the call fails elsewhere. On CUDA, autocast runs cuDNN's RNN in fp16 whatever its
+            # dtype, and a bf16 run has no loss scaler to keep fp16 gradients from underflowing.
+            # Under fp16 autocast (with its scaler) cuDNN's fp16 RNN is what was asked for.
+            with torch.autocast(device, enabled=False):
                 h, state = self.rnn(x.float(), state)  # (B, T, H)
         else:
             h, state = self.rnn(x, state)  # (B, T, H)

@@ -43,8 +43,10 @@ def test_training_on_cuda_computes_in_bf16_and_reports_mfu(name):
     torch.manual_seed(0)
     model = tiny_model(name)
     before = evaluate_lm(model, DATA, 16, num_windows=64)["loss"]
-    head_output_dtypes = set()
+    head_output_dtypes, rnn_output_dtypes = set(), set()
     model.lm_head.register_forward_hook(lambda module, inputs, output: head_output_dtypes.add(output.dtype))
+    if hasattr(model, "rnn"):  # autocast alone would run cuDNN's RNN in fp16, unscaled in a bf16 run
+        model.rnn.register_forward_hook(lambda module, inputs, output: rnn_output_dtypes.add(output[0].dtype))
     logs = []
     result = train(
         model,
@@ -55,6 +57,7 @@ def test_training_on_cuda_computes_in_bf16_and_reports_mfu(name):
         log=lambda step, metrics: logs.append(metrics),
     )
     assert head_output_dtypes == {torch.bfloat16}
+    assert rnn_output_dtypes <= {torch.float32}
     assert {p.device.type for p in model.parameters()} == {"cuda"}
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert result.eval_metrics["loss"] < before - 1.5
