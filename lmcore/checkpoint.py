@@ -79,6 +79,8 @@ def export_model(
     directory = Path(directory)
     extra = dict(extra or {})
     if tokenizer_path is not None:
+        if not os.path.isfile(tokenizer_path):
+            raise ValueError(f"tokenizer file not found: {tokenizer_path}")
         sha256 = tokenizer_sha256(Tokenizer.from_file(str(tokenizer_path)))
         if extra.setdefault("tokenizer_sha256", sha256) != sha256:
             raise ValueError(

@@ -80,7 +80,9 @@ def test_load_model_refuses_a_tokenizer_that_is_not_the_models(tmp_path):
         export_model(
             tmp_path / "m", model, "gpt", config, tmp_path / "other.json", {"tokenizer_sha256": tokenizer.sha256()}
         )
-    assert (tmp_path / "m" / "model.safetensors").read_bytes() == saved  # the refused export changed nothing
+    with pytest.raises(ValueError, match="tokenizer file not found: .*missing.json"):
+        export_model(tmp_path / "m", model, "gpt", config, tmp_path / "missing.json")
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == saved  # the refused exports changed nothing
     (tmp_path / "m" / "tokenizer.json").write_bytes((tmp_path / "other.json").read_bytes())
     with pytest.raises(ValueError, match="not the tokenizer the model was trained with"):
         load_model(tmp_path / "m")

@@ -57,7 +57,7 @@ def test_training_on_cuda_computes_in_bf16_and_reports_mfu(name):
         log=lambda step, metrics: logs.append(metrics),
     )
     assert head_output_dtypes == {torch.bfloat16}
-    assert rnn_output_dtypes <= {torch.float32}
+    assert rnn_output_dtypes == ({torch.float32} if hasattr(model, "rnn") else set())
     assert {p.device.type for p in model.parameters()} == {"cuda"}
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert result.eval_metrics["loss"] < before - 1.5
