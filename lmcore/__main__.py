@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--num-samples", type=int, default=1)
     sample.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+    if args.num_samples < 1:
+        parser.error(f"--num-samples must be >= 1, got {args.num_samples}")
 
     try:
         model, _ = load_model(args.model, device=torch.device(args.device))
@@ -40,16 +42,19 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = load_tokenizer(args.model / "tokenizer.json")
     prompt_ids = tokenizer.encode(args.prompt) or [tokenizer.eot_id]
     for i in range(args.num_samples):
-        ids = generate(
-            model,
-            prompt_ids,
-            args.max_new_tokens,
-            args.temperature,
-            args.top_k,
-            args.top_p,
-            args.seed + i,
-            tokenizer.eot_id,
-        )
+        try:
+            ids = generate(
+                model,
+                prompt_ids,
+                args.max_new_tokens,
+                args.temperature,
+                args.top_k,
+                args.top_p,
+                args.seed + i,
+                tokenizer.eot_id,
+            )
+        except ValueError as error:
+            parser.error(str(error))
         sys.stdout.write(args.prompt + tokenizer.decode(ids) + "\n")
         if i + 1 < args.num_samples:
             sys.stdout.write("-" * 40 + "\n")

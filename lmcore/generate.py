@@ -45,6 +45,12 @@ def generate(
     """New token ids after `prompt_ids` (prompt not included); stops at `eot_id`."""
     if not prompt_ids:
         raise ValueError("generation needs a non-empty prompt (use the end-of-text id to start fresh)")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 keeps every token), got {top_k}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     model.eval()

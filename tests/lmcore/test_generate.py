@@ -41,6 +41,16 @@ def test_stops_at_end_of_text():
     assert generate(model, [5], 20, eot_id=0) == []
 
 
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [("max_new_tokens", -1), ("temperature", -0.5), ("top_k", -3), ("top_p", 0.0), ("top_p", 1.5)],
+)
+def test_bad_sampling_arguments_are_named(argument, value):
+    arguments = {"max_new_tokens": 5, "temperature": 1.0, "top_k": 0, "top_p": 1.0, argument: value}
+    with pytest.raises(ValueError, match=f"{argument} must be .*got {value}"):
+        generate(tiny_model("gru"), [1], **arguments)
+
+
 def test_top_k_and_top_p_filter():
     g = torch.Generator().manual_seed(0)
     logits = torch.tensor([5.0, 4.0, 0.0, -1.0])
