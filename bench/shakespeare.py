@@ -117,6 +117,7 @@ def main() -> None:
             "compile": args.compile,
             "seed": 1337,
         },
+        "train",
     )
     dtype = resolve_dtype(config.dtype, device)
     peak = measure_peak_flops(device, dtype, size=4096 if device.type == "cuda" else 2048, repeats=10)

@@ -1,7 +1,9 @@
 """Strict loading of plain dicts into the frozen config dataclasses that live beside the code.
 
 An unknown key, a missing key (when the dataclass gives no default) or a value of the wrong
-type is a ValueError that names the section and key, raised before any work starts.
+type is a ValueError that names the section and key, raised before any work starts. The
+dataclasses' own checks (`__post_init__`) start their messages with the field's name, to which
+loading adds the section: `finetune.train.beta1 must be in [0, 1), got 1.5`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,18 @@ def config_from_dict(cls: type[T], values: dict[str, Any], section: str = "", re
                 raise ValueError(f"missing config key '{where}{name}'")
             continue
         kwargs[name] = _coerce(hints[name], values[name], f"{where}{name}", require_all)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as error:
+        raise ValueError(f"{where}{error}") from None
+
+
+def check_choices(config: Any) -> None:
+    """Each Literal-typed field holds one of its values, also when the dataclass is built directly."""
+    for name, hint in typing.get_type_hints(type(config)).items():
+        allowed = typing.get_args(hint)
+        if typing.get_origin(hint) is typing.Literal and getattr(config, name) not in allowed:
+            raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(config, name)!r}")
 
 
 def _coerce(hint: Any, value: Any, key: str, require_all: bool = False) -> Any:

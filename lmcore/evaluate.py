@@ -140,6 +140,8 @@ def bootstrap_accuracy(
     correct: np.ndarray, baseline_correct: np.ndarray | None = None, num_samples: int = 2000, seed: int = 0
 ) -> dict[str, float]:
     """95% percentile bootstrap interval of accuracy; with a baseline, of the paired difference too."""
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
     correct = np.asarray(correct, dtype=float)
     rng = np.random.default_rng(seed)
     samples = rng.integers(0, len(correct), size=(num_samples, len(correct)))  # (S, N)

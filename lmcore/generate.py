@@ -13,6 +13,18 @@ import torch
 import torch.nn as nn
 
 
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
+    """Sampling settings in range, as a ValueError naming the argument."""
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 keeps every token), got {top_k}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator: torch.Generator) -> int:
     """One token id from logits (V,); temperature 0 is greedy."""
     if temperature <= 0:
@@ -45,14 +57,7 @@ def generate(
     """New token ids after `prompt_ids` (prompt not included); stops at `eot_id`."""
     if not prompt_ids:
         raise ValueError("generation needs a non-empty prompt (use the end-of-text id to start fresh)")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 keeps every token), got {top_k}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)

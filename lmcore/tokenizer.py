@@ -16,6 +16,8 @@ from typing import Literal
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from lmcore.config import check_choices
+
 UNK_TOKEN = "<unk>"
 ENCODE_BATCH_LINES = 4096
 
@@ -30,17 +32,18 @@ class TokenizerConfig:
     pad_token: str = "<|pad|>"
 
     def __post_init__(self) -> None:
+        check_choices(self)
         if self.kind == "bpe" and self.vocab_size < 256 + len(self.special_tokens):
             raise ValueError(
-                f"tokenizer.vocab_size={self.vocab_size} is below the 256 byte symbols plus "
+                f"vocab_size={self.vocab_size} is below the 256 byte symbols plus "
                 f"{len(self.special_tokens)} special tokens"
             )
         if self.min_frequency < 1:
-            raise ValueError(f"tokenizer.min_frequency must be >= 1, got {self.min_frequency}")
+            raise ValueError(f"min_frequency must be >= 1, got {self.min_frequency}")
         for name in ("eot_token", "pad_token"):
             token = getattr(self, name)
             if token not in self.special_tokens:
-                raise ValueError(f"tokenizer.{name}={token!r} is not listed in tokenizer.special_tokens")
+                raise ValueError(f"{name}={token!r} is not listed in special_tokens")
 
 
 class TextTokenizer:

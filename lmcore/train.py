@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmcore.checkpoint import CHECKPOINT_NAME, check_state_fits, load_checkpoint, save_checkpoint
+from lmcore.config import check_choices
 from lmcore.evaluate import shared_across_ranks
 
 logger = logging.getLogger(__name__)
@@ -77,20 +78,34 @@ class TrainConfig:
             "log_interval",
         ):
             if getattr(self, name) <= 0:
-                raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.learning_rate <= 0 or self.min_lr < 0 or self.min_lr > self.learning_rate:
             raise ValueError(
-                f"train.learning_rate={self.learning_rate} and train.min_lr={self.min_lr} need 0 <= min_lr <= learning_rate"
+                f"learning_rate={self.learning_rate} and min_lr={self.min_lr} need 0 <= min_lr <= learning_rate"
             )
-        if self.warmup_steps < 0 or self.lr_decay_steps < 0:
-            raise ValueError("train.warmup_steps and train.lr_decay_steps must be >= 0")
-        if self.early_stopping_patience < 0:
-            raise ValueError(f"train.early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
+        for name in ("warmup_steps", "lr_decay_steps", "weight_decay", "early_stopping_patience"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0 (0 turns clipping off), got {self.grad_clip}")
+        if self.peak_flops < 0:
+            raise ValueError(f"peak_flops must be >= 0 (0 measures it), got {self.peak_flops}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                raise ValueError(
+                    f"device={self.device!r} is not a torch device (auto, cpu, cuda, cuda:1, mps)"
+                ) from None
+        check_choices(self)
         if self.batch_threads < 0:
-            raise ValueError(f"train.batch_threads must be >= 0 (0 is auto), got {self.batch_threads}")
+            raise ValueError(f"batch_threads must be >= 0 (0 is auto), got {self.batch_threads}")
         if self.batch_threads > self.batch_size:
             raise ValueError(
-                f"train.batch_threads={self.batch_threads} is more than train.batch_size={self.batch_size}:"
+                f"batch_threads={self.batch_threads} is more than batch_size={self.batch_size}:"
                 " every thread needs at least one row"
             )
 
@@ -299,13 +314,13 @@ def resolve_batch_threads(model: nn.Module, config: TrainConfig, device: torch.d
     elif world_size > 1:
         problem = "is for one process; under torchrun run one rank per core instead"
     elif config.compile:
-        problem = "cannot be combined with train.compile=true (Dynamo is not thread-safe)"
+        problem = "cannot be combined with compile=true (Dynamo is not thread-safe)"
     elif any(_dropout_of(m) > 0 for m in model.modules()):
         problem = "needs dropout 0: threads would draw dropout masks from torch's global generator in a racy order"
     if config.batch_threads == 0:
         return 1 if problem else min(torch.get_num_threads(), config.batch_size)
     if problem and config.batch_threads > 1:
-        raise ValueError(f"train.batch_threads={config.batch_threads} {problem}")
+        raise ValueError(f"batch_threads={config.batch_threads} {problem}")
     return config.batch_threads
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 
 from lmcore.config import config_from_dict
+from lmcore.generate import check_sampling
 from lmcore.models import ARCHITECTURES, build_model_config
 from lmcore.tokenizer import TokenizerConfig
 from lmcore.train import TrainConfig
@@ -36,6 +37,9 @@ class CorpusParams:
     validation_fraction: float
     test_fraction: float
 
+    def __post_init__(self) -> None:
+        check_fractions(validation_fraction=self.validation_fraction, test_fraction=self.test_fraction)
+
 
 @dataclass(frozen=True)
 class LabeledParams:
@@ -46,6 +50,9 @@ class LabeledParams:
     label_names: list[str]  # human-readable names, same order
     validation_fraction: float
 
+    def __post_init__(self) -> None:
+        check_fractions(validation_fraction=self.validation_fraction)
+
 
 @dataclass(frozen=True)
 class IngestParams:
@@ -53,6 +60,10 @@ class IngestParams:
     labeled: LabeledParams
     split_salt: str
     chunk_rows: int
+
+    def __post_init__(self) -> None:
+        if self.chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be at least 1, got {self.chunk_rows}")
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,17 @@ class ValidateParams:
     min_chars_per_split: int
     min_class_share: float
     max_class_share: float
+
+    def __post_init__(self) -> None:
+        for name in ("min_chars", "max_chars", "min_docs_per_split", "min_chars_per_split"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("max_bad_char_fraction", "min_class_share", "max_class_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for low, high in (("min_chars", "max_chars"), ("min_class_share", "max_class_share")):
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"{low}={getattr(self, low)} is above {high}={getattr(self, high)}")
 
 
 @dataclass(frozen=True)
@@ -78,7 +100,7 @@ class TokenizerParams:
 
     def tokenizer_config(self) -> TokenizerConfig:
         values = {f.name: getattr(self, f.name) for f in fields(TokenizerConfig)}
-        return TokenizerConfig(**values)
+        return config_from_dict(TokenizerConfig, values, "tokenizer")
 
 
 @dataclass(frozen=True)
@@ -106,6 +128,15 @@ class FinetuneParams:
     length_buckets: int  # classifier batches draw texts of similar length; 1 is plain uniform sampling
     train: TrainConfig
 
+    def __post_init__(self) -> None:
+        for name in ("max_len", "lm_batch_size", "length_buckets"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.task != "classification" and self.lm_steps < 1:
+            raise ValueError(f"lm_steps must be at least 1 for task {self.task}, got {self.lm_steps}")
+        if not 0.0 <= self.classifier_dropout < 1.0:
+            raise ValueError(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout}")
+
 
 @dataclass(frozen=True)
 class SampleParams:
@@ -116,6 +147,9 @@ class SampleParams:
     top_p: float
     seed: int
 
+    def __post_init__(self) -> None:
+        check_sampling(self.max_new_tokens, self.temperature, self.top_k, self.top_p)
+
 
 @dataclass(frozen=True)
 class EvaluateParams:
@@ -124,6 +158,11 @@ class EvaluateParams:
     bootstrap_samples: int
     tfidf_baseline: bool
     samples: SampleParams
+
+    def __post_init__(self) -> None:
+        for name in ("num_windows", "batch_size", "bootstrap_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -163,9 +202,6 @@ def load_params(path: str | Path | None = None) -> Params:
         for arch in ARCHITECTURES:
             build_model_config(arch, {**getattr(params.model, arch), "vocab_size": 1}, f"model.{arch}")
         params.tokenizer.tokenizer_config()
-        for key in ("max_len", "lm_batch_size", "length_buckets"):
-            if getattr(params.finetune, key) < 1:
-                raise ValueError(f"finetune.{key} must be at least 1, got {getattr(params.finetune, key)}")
         check_batch_threads(params)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
@@ -192,6 +228,15 @@ def check_batch_threads(params: Params) -> None:
             f"finetune.train.batch_threads={finetune_threads} is more than finetune.lm_batch_size="
             f"{params.finetune.lm_batch_size}: every thread needs at least one row"
         )
+
+
+def check_fractions(**fractions: float) -> None:
+    """Split fractions: each in [0, 1), and together below 1 so that training keeps documents."""
+    for name, value in fractions.items():
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
+    if sum(fractions.values()) >= 1.0:
+        raise ValueError(f"{' + '.join(fractions)} = {sum(fractions.values())} leaves no training documents")
 
 
 def load_raw_params(path: str | Path | None = None) -> dict[str, Any]:

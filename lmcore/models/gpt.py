@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmcore.config import check_choices
+
 
 @dataclass(frozen=True)
 class GPTConfig:
@@ -35,13 +37,16 @@ class GPTConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        check_choices(self)
         if self.n_embd % self.n_head:
-            raise ValueError(f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}")
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if self.position == "rotary" and (self.n_embd // self.n_head) % 2:
-            raise ValueError(f"rotary positions need an even head size, got n_embd/n_head={self.n_embd // self.n_head}")
+            raise ValueError(f"n_embd/n_head={self.n_embd // self.n_head} must be even for rotary positions")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.rope_base <= 1.0:  # frequencies base^(-2i/hs) must fall with i
+            raise ValueError(f"rope_base must be > 1, got {self.rope_base}")
 
 
 class KVCache:

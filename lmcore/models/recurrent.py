@@ -15,6 +15,8 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
+from lmcore.config import check_choices
+
 RecurrentState = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
 
 
@@ -32,9 +34,10 @@ class RecurrentConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_layer", "n_embd", "n_hidden", "block_size"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        check_choices(self)
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
 class RecurrentLM(nn.Module):

@@ -51,10 +51,12 @@ def test_require_all_rejects_missing_defaults():
 @pytest.mark.parametrize(
     "arch, values, message",
     [
-        ("gpt", {"n_embd": 30, "n_head": 4}, "n_embd=30 is not divisible by model.n_head=4"),
+        ("gpt", {"n_embd": 30, "n_head": 4}, "^model.n_embd=30 is not divisible by n_head=4"),
+        ("gpt", {"n_embd": 24, "n_head": 8}, r"^model.n_embd/n_head=3 must be even for rotary positions"),
         ("gpt", {"n_layers": 2}, "unknown config key 'model.n_layers'"),
-        ("gpt", {"dropout": 1.5}, "dropout"),
-        ("lstm", {"n_hidden": 0}, "n_hidden"),
+        ("gpt", {"dropout": 1.5}, r"^model.dropout must be in \[0, 1\), got 1.5"),
+        ("gpt", {"rope_base": 1.0}, "^model.rope_base must be > 1, got 1.0"),
+        ("lstm", {"n_hidden": 0}, "^model.n_hidden must be positive, got 0"),
         ("transformer", {}, "model.arch='transformer'"),
     ],
 )
@@ -63,15 +65,44 @@ def test_model_config_errors(arch, values, message):
         build_model_config(arch, values)
 
 
-def test_train_config_errors():
-    with pytest.raises(ValueError, match="min_lr"):
-        TrainConfig(learning_rate=1e-3, min_lr=1e-2)
-    with pytest.raises(ValueError, match="train.max_steps"):
-        TrainConfig(max_steps=0)
-    with pytest.raises(ValueError, match="train.batch_threads=5 is more than train.batch_size=4"):
-        TrainConfig(batch_size=4, batch_threads=5)
-    with pytest.raises(ValueError, match="train.batch_threads must be >= 0"):
-        TrainConfig(batch_threads=-1)
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (
+            {"learning_rate": 1e-3, "min_lr": 1e-2},
+            "learning_rate=0.001 and min_lr=0.01 need 0 <= min_lr <= learning_rate",
+        ),
+        ({"max_steps": 0}, "max_steps must be positive, got 0"),
+        ({"batch_size": 4, "batch_threads": 5}, "batch_threads=5 is more than batch_size=4"),
+        ({"batch_threads": -1}, "batch_threads must be >= 0"),
+        ({"weight_decay": -0.1}, "weight_decay must be >= 0, got -0.1"),
+        ({"beta1": 1.0}, r"beta1 must be in \[0, 1\), got 1.0"),
+        ({"beta2": -0.5}, r"beta2 must be in \[0, 1\), got -0.5"),
+        ({"grad_clip": -1.0}, "grad_clip must be >= 0"),
+        ({"peak_flops": -1.0}, "peak_flops must be >= 0"),
+        ({"device": "tpu"}, "device='tpu' is not a torch device"),
+    ],
+)
+def test_train_config_errors_name_the_field(values, message):
+    with pytest.raises(ValueError, match=f"^{message}"):
+        TrainConfig(**values)
+    # loaded from a config section, the message names the section as well
+    with pytest.raises(ValueError, match=f"^finetune.train.{message}"):
+        config_from_dict(TrainConfig, values, "finetune.train")
+
+
+def test_literal_fields_are_checked_when_built_directly():
+    from lmcore.models.gpt import GPTConfig
+    from lmcore.tokenizer import TokenizerConfig
+
+    with pytest.raises(ValueError, match=r"norm must be one of \['layernorm', 'rmsnorm'\], got 'batchnorm'"):
+        GPTConfig(norm="batchnorm")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        TokenizerConfig(kind="wordpiece")
+    with pytest.raises(
+        ValueError, match=r"dtype must be one of \['auto', 'float32', 'bfloat16', 'float16'\], got 'fp8'"
+    ):
+        TrainConfig(dtype="fp8")
 
 
 def test_presets_build():

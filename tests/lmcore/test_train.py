@@ -292,9 +292,9 @@ def test_batch_threads_step_on_one_main_thread_and_evaluate_on_the_callers():
 @pytest.mark.parametrize(
     "changes, dropout, message",
     [
-        ({}, 0.1, "train.batch_threads=2 needs dropout 0"),
-        ({"compile": True}, 0.0, "train.batch_threads=2 cannot be combined with train.compile"),
-        ({"device": "cuda"}, 0.0, "train.batch_threads=2 runs on CPU only, the device is cuda"),
+        ({}, 0.1, "^batch_threads=2 needs dropout 0"),
+        ({"compile": True}, 0.0, "^batch_threads=2 cannot be combined with compile=true"),
+        ({"device": "cuda"}, 0.0, "^batch_threads=2 runs on CPU only, the device is cuda"),
     ],
 )
 def test_batch_threads_refuse_what_they_cannot_split_exactly(changes, dropout, message):

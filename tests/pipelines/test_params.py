@@ -33,6 +33,26 @@ def test_the_shipped_params_load():
         (lambda p: p.update(trainng={}), "unknown config key 'trainng'"),
         (lambda p: p["finetune"].update(length_buckets=0), "finetune.length_buckets must be at least 1, got 0"),
         (lambda p: p["tokenizer"].update(kind="wordpiece"), "'tokenizer.kind' must be one of"),
+        (lambda p: p["tokenizer"].update(eot_token="<eos>"), "tokenizer.eot_token='<eos>' is not listed"),
+        (lambda p: p["pretrain"].update(batch_size=0), "pretrain.batch_size must be positive, got 0"),
+        (lambda p: p["finetune"]["train"].update(beta2=1.5), r"finetune.train.beta2 must be in \[0, 1\), got 1.5"),
+        (lambda p: p["model"]["gru"].update(dropout=1.0), r"model.gru.dropout must be in \[0, 1\)"),
+        (
+            lambda p: p["ingest"]["pretrain"].update(validation_fraction=0.5, test_fraction=0.5),
+            "ingest.pretrain.validation_fraction \\+ test_fraction = 1.0 leaves no training documents",
+        ),
+        (lambda p: p["ingest"]["labeled"].update(validation_fraction=-0.1), "ingest.labeled.validation_fraction"),
+        (lambda p: p["ingest"].update(chunk_rows=0), "ingest.chunk_rows must be at least 1, got 0"),
+        (lambda p: p["validate"].update(min_chars=10, max_chars=5), "validate.min_chars=10 is above max_chars=5"),
+        (lambda p: p["validate"].update(max_class_share=1.5), r"validate.max_class_share must be in \[0, 1\]"),
+        (lambda p: p["finetune"].update(classifier_dropout=1.0), r"finetune.classifier_dropout must be in \[0, 1\)"),
+        (
+            lambda p: p["finetune"].update(lm_steps=0),
+            "finetune.lm_steps must be at least 1 for task lm_then_classification",
+        ),
+        (lambda p: p["evaluate"].update(bootstrap_samples=0), "evaluate.bootstrap_samples must be at least 1, got 0"),
+        (lambda p: p["evaluate"]["samples"].update(top_p=0.0), r"evaluate.samples.top_p must be in \(0, 1\], got 0.0"),
+        (lambda p: p["evaluate"]["samples"].update(temperature=-1), "evaluate.samples.temperature must be >= 0"),
         (
             lambda p: p["finetune"]["train"].update(batch_threads=2),  # the classifier has dropout 0.1
             r"finetune.train.batch_threads=2 needs finetune.classifier_dropout 0, got 0.1",
