@@ -4,7 +4,8 @@ Sources are local files, folders, globs or http(s) URLs of .txt, .md, .jsonl, .c
 .parquet, each optionally gzip-compressed. Text is decoded as strict UTF-8 (an error names the
 file and byte offset), the BOM is stripped, CRLF becomes LF and Unicode is NFC-normalised.
 Each document's split comes from a salted hash of its text, so adding documents never moves an
-old one to another split.
+old one to another split. Each record keeps where it came from (file, and line or row), so that a
+failed check can point at it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class SourceError(ValueError):
 class Record:
     text: str
     source: str
+    row: int  # 1-based: the first line of a text document, the data row of a table (header excluded)
     label: str | None = None
 
 
@@ -63,6 +65,11 @@ def expand_sources(sources: list[str], root: Path) -> list[str]:
             raise SourceError(f"source {source!r} matched no files")
         found.extend(matches)
     return found
+
+
+def position_name(location: str) -> str:
+    """What a Record's row counts in this source: lines of a text file, rows of a table."""
+    return "line" if _base_suffix(location) in TEXT_SUFFIXES else "row"
 
 
 def _base_suffix(name: str) -> str:
@@ -140,18 +147,23 @@ class DecodedStream(io.TextIOBase):
         return out
 
 
-def iter_text_documents(location: str, rule: Literal["blank_line", "line", "file"]) -> Iterator[str]:
-    """Documents of a plain-text file, split by `rule`, without holding the whole file."""
+def iter_text_documents(location: str, rule: Literal["blank_line", "line", "file"]) -> Iterator[tuple[int, str]]:
+    """(first line, document) of a plain-text file, split by `rule`, without holding the whole file."""
     if rule == "file":
-        yield normalise("".join(_iter_decoded(location)))
+        yield 1, normalise("".join(_iter_decoded(location)))
         return
-    pending = ""
+    pending, line = "", 1
     separator = "\n\n" if rule == "blank_line" else "\n"
     for block in _iter_decoded(location):
-        pending = normalise(pending + block)
+        # A CR that ends a block may be half of a CRLF: normalised alone it would add a line break.
+        held = "\r" if block.endswith("\r") else ""
+        pending = normalise(pending + block[: len(block) - len(held)])
         *complete, pending = pending.split(separator)
-        yield from complete
-    yield pending
+        for document in complete:
+            yield line, document
+            line += document.count("\n") + len(separator)
+        pending += held
+    yield line, normalise(pending)
 
 
 def iter_table_rows(location: str, columns: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
@@ -192,7 +204,11 @@ def iter_records(
     label_field: str | None,
     chunk_rows: int,
 ) -> Iterator[list[Record]]:
-    """Chunks of records from one source, text stripped of surrounding whitespace."""
+    """Chunks of records from one source; a text file's blank documents are skipped.
+
+    Text documents lose their surrounding blank lines (indentation stays), table texts their
+    surrounding whitespace.
+    """
     suffix = _base_suffix(location)
     if suffix not in SUPPORTED:
         raise SourceError(f"{location}: unsupported file type {suffix!r} (supported: {', '.join(SUPPORTED)})")
@@ -200,18 +216,25 @@ def iter_records(
         if label_field is not None:
             raise SourceError(f"{location}: labeled data must be a table (.jsonl/.csv/.tsv/.parquet)")
         chunk: list[Record] = []
-        for document in iter_text_documents(location, rule):
-            chunk.append(Record(document.strip("\n"), location))
+        for line, document in iter_text_documents(location, rule):
+            text = document.lstrip("\n")
+            line += len(document) - len(text)
+            if not text.strip():
+                continue  # blank lines separate documents, they are not documents
+            chunk.append(Record(text.rstrip("\n"), location, line))
             if len(chunk) >= chunk_rows:
                 yield chunk
                 chunk = []
         yield chunk
         return
     columns = [text_field] + ([label_field] if label_field else [])
+    rows_before = 0
     for frame in iter_table_rows(location, columns, chunk_rows):
         texts = [normalise(t).strip() for t in frame[text_field]]
         labels = frame[label_field].tolist() if label_field else [None] * len(texts)
-        yield [Record(t, location, lab) for t, lab in zip(texts, labels, strict=True)]
+        rows = range(rows_before + 1, rows_before + len(texts) + 1)
+        yield [Record(t, location, row, lab) for t, row, lab in zip(texts, rows, labels, strict=True)]
+        rows_before += len(texts)
 
 
 def text_hash(text: str) -> str:

@@ -1,7 +1,8 @@
 """Great Expectations adapter: the suites over the ingested tables, Data Docs, and a summary.
 
 The only module that imports great_expectations. Each table is validated as a whole (text,
-ids, labels) and once per split (enough documents and characters for training windows).
+ids, labels) and once per split (enough documents and characters for training windows). A failed
+row check names the file and line or row of its first offending documents.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import great_expectations as gx  # noqa: E402
 import pandas as pd  # noqa: E402
 from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
 
+from pipelines.corpus import position_name  # noqa: E402
 from pipelines.params import ValidateParams  # noqa: E402
 
 logger = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
+LOCATION_COLUMNS = ["source", "row"]  # written by the ingest stage for every document
 
 
 @dataclass
@@ -33,13 +36,24 @@ class Failure:
     element_count: int | None
     examples: list[Any]
     observed: Any
+    locations: list[str]  # "file line N" / "file row N" of the first examples, when GE reports them
 
     def describe(self) -> str:
         where = f" on column '{self.column}'" if self.column else ""
         counts = f": {self.unexpected_count} of {self.element_count} rows" if self.unexpected_count is not None else ""
         observed = f" (observed {self.observed})" if self.observed is not None and self.unexpected_count is None else ""
         examples = f"; examples: {[_short(e) for e in self.examples[:3]]}" if self.examples else ""
-        return f"[{self.suite}] {self.expectation}{where} failed{counts}{observed}{examples}"
+        at = f"; at {', '.join(self.locations[:3])}" if self.locations else ""
+        return f"[{self.suite}] {self.expectation}{where} failed{counts}{observed}{examples}{at}"
+
+
+def _locations(result: dict[str, Any]) -> list[str]:
+    """Where GE's partial_unexpected_index_list points (it holds the LOCATION_COLUMNS)."""
+    return [
+        f"{index['source']} {position_name(index['source'])} {int(index['row'])}"
+        for index in result.get("partial_unexpected_index_list") or []
+        if isinstance(index, dict) and "source" in index and "row" in index
+    ]
 
 
 def _short(value: Any, limit: int = 80) -> Any:
@@ -107,16 +121,19 @@ def validate_tables(
         .add_dataframe_asset("table")
         .add_batch_definition_whole_dataframe("whole")
     )
-    runs: list[tuple[str, gx.ExpectationSuite, pd.DataFrame]] = []
+    summary = {"result_format": "SUMMARY", "partial_unexpected_count": 5}
+    # Row checks report where their offending rows came from; the split suites' share checks do not,
+    # since the rows of the other classes they count are not faults.
+    located = {**summary, "unexpected_index_column_names": LOCATION_COLUMNS}
+    runs: list[tuple[str, gx.ExpectationSuite, pd.DataFrame, dict[str, Any]]] = []
     for name, (frame, labels, splits) in tables.items():
-        runs.append((name, table_suite(name, params, labels), frame))
+        runs.append((name, table_suite(name, params, labels), frame, located))
         for split in splits:
-            runs.append(
-                (f"{name}.{split}", split_suite(f"{name}.{split}", params, labels), frame[frame["split"] == split])
-            )
+            suite = split_suite(f"{name}.{split}", params, labels)
+            runs.append((f"{name}.{split}", suite, frame[frame["split"] == split], summary))
     failures: list[Failure] = []
     results: dict[str, Any] = {}
-    for name, suite, frame in runs:
+    for name, suite, frame, result_format in runs:
         suite = context.suites.add(suite)
         definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
         checkpoint = context.checkpoints.add(
@@ -124,7 +141,7 @@ def validate_tables(
                 name=f"check-{name}",
                 validation_definitions=[definition],
                 actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["local"])],
-                result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5},
+                result_format=result_format,
             )
         )
         outcome = checkpoint.run(batch_parameters={"dataframe": frame})
@@ -141,6 +158,7 @@ def validate_tables(
                             element_count=r.result.get("element_count"),
                             examples=list(r.result.get("partial_unexpected_list") or []),
                             observed=r.result.get("observed_value"),
+                            locations=_locations(r.result),
                         )
                     )
     return not failures, failures, results

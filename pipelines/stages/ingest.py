@@ -43,7 +43,7 @@ def build_table(
             split = fixed_split or assign_split(digest, salt, *fractions)
             counts[split] += 1
             chars[split] += len(record.text)
-            row = {
+            entry = {
                 "doc_id": digest[:16],
                 "hash": digest,
                 "split": split,
@@ -53,10 +53,11 @@ def build_table(
                 "source": str(Path(record.source).relative_to(ROOT))
                 if record.source.startswith(str(ROOT))
                 else record.source,
+                "row": record.row,
             }
             if record.label is not None:
-                row["label"] = record.label
-            rows.append(row)
+                entry["label"] = record.label
+            rows.append(entry)
         if not rows:
             continue
         table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)

@@ -30,10 +30,27 @@ def test_documents_split_across_read_blocks(tmp_path, monkeypatch):
     path = tmp_path / "a.txt"
     path.write_text("alpha beta\n\ngamma delta epsilon\n\nzeta\u00e9\u00e9\u00e9")
     assert list(iter_text_documents(str(path), "blank_line")) == [
-        "alpha beta",
-        "gamma delta epsilon",
-        "zeta\u00e9\u00e9\u00e9",
+        (1, "alpha beta"),
+        (3, "gamma delta epsilon"),
+        (5, "zeta\u00e9\u00e9\u00e9"),
     ]
+
+
+def test_crlf_split_across_read_blocks_stays_one_line_break(tmp_path, monkeypatch):
+    import pipelines.corpus as corpus
+
+    monkeypatch.setattr(corpus, "READ_BLOCK", 4)  # the first block ends between a CR and its LF
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"abc\r\ndef\r\n\r\nghi\r")
+    assert [(r.row, r.text) for r in records(path)] == [(1, "abc\ndef"), (4, "ghi")]
+
+
+def test_text_records_know_their_first_line_and_skip_blank_documents(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("\n\nfirst\n  indented\n\n\n\nsecond\n\n \n\n")
+    assert [(r.row, r.text) for r in records(path)] == [(3, "first\n  indented"), (8, "second")]
+    assert [(r.row, r.text) for r in records(path, rule="line")] == [(3, "first"), (4, "  indented"), (8, "second")]
+    assert [(r.row, r.text) for r in records(path, rule="file")] == [(3, "first\n  indented\n\n\n\nsecond\n\n ")]
 
 
 @pytest.mark.parametrize("compress", [False, True])
@@ -51,6 +68,7 @@ def test_tables_of_every_format(tmp_path, compress):
             path = gz
         got = records(path, text_field="body", label_field="label", chunk_rows=2)
         assert [(r.text, r.label) for r in got] == list(zip(frame["body"], frame["label"], strict=True)), name
+        assert [r.row for r in got] == [1, 2, 3], name  # counted across chunks of 2
 
 
 def test_expand_folders_and_globs(tmp_path):

@@ -142,9 +142,9 @@ BAD_INPUTS = {
     "missing column": ("extra.tsv", b"text\tlabel\nfine film\t1\n", "labeled", "missing column 'sentence'"),
     "unknown label": (
         "extra.tsv",
-        b"sentence\tlabel\nfine film\t7\n",
+        b"sentence\tlabel\nfine film\t1\nodd film\t7\n",
         "labeled",
-        "expect_column_values_to_be_in_set on column 'label'",
+        "expect_column_values_to_be_in_set on column 'label' failed: 1 of",
     ),
 }
 
@@ -175,8 +175,9 @@ def test_bad_input_fails_closed_and_keeps_previous_outputs(tiny_project, case):
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert message in output, output[-3000:]
-    if case != "unknown label":
-        assert name in output
+    assert name in output
+    if case == "unknown label":
+        assert "examples: ['7']; at data/bad/extra.tsv row 2" in output
     for path, before in kept.items():
         if case == "unknown label" and path.startswith("outputs/ingest"):
             continue  # ingest succeeded on readable data; validation is what stopped it
