@@ -371,6 +371,13 @@ def train(
         if device.type == "cuda" and state.get("rng_cuda"):
             torch.cuda.set_rng_state(state["rng_cuda"][min(rank, len(state["rng_cuda"]) - 1)], device)
         logger.info("resumed from %s at step %d", checkpoint_path, step)
+        changed = [
+            f"{name} {saved!r} -> {getattr(config, name)!r}"
+            for name, saved in state.get("config", {}).items()
+            if hasattr(config, name) and getattr(config, name) != saved
+        ]
+        if changed:  # allowed (say, more max_steps), but the run is no longer one recipe end to end
+            logger.warning("resuming with train settings changed since the checkpoint: %s", "; ".join(changed))
     model = torch.compile(raw_model) if config.compile else raw_model
     if world_size > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

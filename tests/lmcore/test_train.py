@@ -236,6 +236,18 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
     assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == 5  # left as it was
 
 
+def test_resume_with_changed_settings_says_which(tmp_path, caplog):
+    run(tiny_model("lstm"), TrainConfig(**{**BASE.__dict__, "max_steps": 5}), checkpoint_dir=tmp_path)
+    with caplog.at_level("WARNING", logger="lmcore.train"):
+        result, _ = run(
+            tiny_model("lstm"),
+            TrainConfig(**{**BASE.__dict__, "max_steps": 8, "learning_rate": 1e-3}),
+            checkpoint_dir=tmp_path,
+        )
+    assert result.step == 8
+    assert "changed since the checkpoint: max_steps 5 -> 8; learning_rate 0.003 -> 0.001" in caplog.text
+
+
 @pytest.mark.parametrize("name", ["gpt", "lstm", "gru", "classifier"])
 def test_batch_threads_train_the_whole_batch_deterministically(name):
     labeled = make_labeled(64)
