@@ -22,7 +22,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -147,6 +147,14 @@ class DecodedStream(io.TextIOBase):
         return out
 
 
+def _iter_lines(location: str) -> Iterator[str]:
+    pending = ""
+    for block in _iter_decoded(location):
+        *complete, pending = (pending + block).split("\n")
+        yield from complete
+    yield pending
+
+
 def iter_text_documents(location: str, rule: Literal["blank_line", "line", "file"]) -> Iterator[tuple[int, str]]:
     """(first line, document) of a plain-text file, split by `rule`, without holding the whole file."""
     if rule == "file":
@@ -177,18 +185,46 @@ def iter_table_rows(location: str, columns: list[str], chunk_rows: int) -> Itera
                 yield batch.to_pandas().astype(str)
         return
     # Text tables stream through the strict decoder, so bad bytes name the file and offset.
-    text = DecodedStream(_iter_decoded(location))
     if suffix == ".jsonl":
-        reader = pd.read_json(text, lines=True, chunksize=chunk_rows, dtype=False)
-    else:
-        sep = "\t" if suffix == ".tsv" else ","
-        reader = pd.read_csv(
-            text, sep=sep, chunksize=chunk_rows, dtype=str, keep_default_na=False, quoting=3 if sep == "\t" else 0
-        )
-    for i, chunk in enumerate(reader):
-        if i == 0:
-            _check_columns(location, [str(c) for c in chunk.columns], columns)
-        yield chunk[columns].astype(str)
+        yield from _iter_jsonl_rows(location, columns, chunk_rows)
+        return
+    sep = "\t" if suffix == ".tsv" else ","
+    reader = pd.read_csv(
+        DecodedStream(_iter_decoded(location)),
+        sep=sep,
+        chunksize=chunk_rows,
+        dtype=str,
+        keep_default_na=False,
+        quoting=3 if sep == "\t" else 0,
+    )
+    try:
+        for i, chunk in enumerate(reader):
+            if i == 0:
+                _check_columns(location, [str(c) for c in chunk.columns], columns)
+            yield chunk[columns].astype(str)
+    except pd.errors.ParserError as error:  # its message gives the line, not the file
+        raise SourceError(f"{location}: {error}".strip()) from None
+
+
+def _iter_jsonl_rows(location: str, columns: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """JSON Lines parsed one line at a time, so that a bad line is named by its number."""
+    rows: list[list[Any]] = []
+    for number, line in enumerate(_iter_lines(location), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise SourceError(f"{location}: line {number} is not valid JSON ({error.msg})") from None
+        if not isinstance(record, dict):
+            raise SourceError(f"{location}: line {number} is not a JSON object")
+        _check_columns(f"{location}: line {number}", list(record), columns)
+        rows.append([record[c] for c in columns])
+        if len(rows) == chunk_rows:
+            yield pd.DataFrame(rows, columns=columns).astype(str)
+            rows = []
+    if rows:
+        yield pd.DataFrame(rows, columns=columns).astype(str)
 
 
 def _check_columns(location: str, available: list[str], wanted: list[str]) -> None:

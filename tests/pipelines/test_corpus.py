@@ -99,6 +99,23 @@ def test_bad_text_names_file_and_problem(tmp_path, content, message):
     assert "bad.txt" in str(error.value)
 
 
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("t.jsonl", '{"text": "a", "label": 1}\n\n{"text": "b", "label": \n', "line 3 is not valid JSON"),
+        ("t.jsonl", '{"text": "a", "label": 1}\n["b", 0]\n', "line 2 is not a JSON object"),
+        ("t.jsonl", '{"text": "a", "label": 1}\n{"text": "b"}\n', "line 2: missing column 'label'"),
+        ("t.csv", 'text,label\n"a",1\n"b,0\n', "EOF inside string starting at row 2"),
+        ("t.tsv", "text\tlabel\na\t1\nb\t0\t9\n", "Expected 2 fields in line 3, saw 3"),
+    ],
+)
+def test_bad_table_rows_name_file_and_line(tmp_path, name, content, message):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(SourceError, match=message) as error:
+        records(tmp_path / name, label_field="label")
+    assert str(error.value).startswith(str(tmp_path / name))
+
+
 def test_missing_column_is_named(tmp_path):
     (tmp_path / "t.csv").write_text("text,label\nhello,1\n")
     with pytest.raises(SourceError, match="missing column 'sentence'"):
