@@ -12,6 +12,19 @@ from lmcore.checkpoint import load_model
 from lmcore.generate import generate
 from lmcore.models import SequenceClassifier
 from lmcore.tokenizer import load_tokenizer
+from lmcore.train import resolve_device
+
+
+def parse_device(name: str) -> torch.device:
+    try:
+        device = resolve_device(name)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{name!r} is not a torch device (auto, cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{name!r}: this torch sees no CUDA GPU")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{name!r}: MPS is not available here")
+    return device
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,13 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--top-p", type=float, default=1.0)
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--num-samples", type=int, default=1)
-    sample.add_argument("--device", default="cpu")
+    sample.add_argument("--device", type=parse_device, default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
     args = parser.parse_args(argv)
     if args.num_samples < 1:
         parser.error(f"--num-samples must be >= 1, got {args.num_samples}")
 
     try:
-        model, _ = load_model(args.model, device=torch.device(args.device))
+        model, _ = load_model(args.model, device=args.device)
     except ValueError as error:
         parser.error(str(error))
     if isinstance(model, SequenceClassifier):

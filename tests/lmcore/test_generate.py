@@ -86,3 +86,30 @@ def test_command_line_samples_from_a_model_folder(tmp_path):
     ]
     first = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     assert first.startswith("abc") and first == subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--device", "gpu"], "'gpu' is not a torch device"),
+        (["--top-k", "-3"], "top_k must be >= 0 (0 keeps every token), got -3"),
+        (["--num-samples", "0"], "--num-samples must be >= 1, got 0"),
+    ],
+)
+def test_command_line_names_a_bad_argument(tmp_path, capsys, arguments, message):
+    from lmcore.__main__ import main
+
+    tokenizer = train_tokenizer(["abcdefg hij\n" * 20], TokenizerConfig(kind="char"))
+    tokenizer.save(tmp_path / "tokenizer.json")
+    config = {**TINY["lstm"], "vocab_size": tokenizer.vocab_size}
+    export_model(
+        tmp_path / "model",
+        tiny_model("lstm", vocab_size=tokenizer.vocab_size),
+        "lstm",
+        config,
+        tmp_path / "tokenizer.json",
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--model", str(tmp_path / "model"), *arguments])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
