@@ -17,14 +17,9 @@ from lmcore.train import resolve_device
 
 def parse_device(name: str) -> torch.device:
     try:
-        device = resolve_device(name)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"{name!r} is not a torch device (auto, cpu, cuda, cuda:1, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{name!r}: this torch sees no CUDA GPU")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise argparse.ArgumentTypeError(f"{name!r}: MPS is not available here")
-    return device
+        return resolve_device(name)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

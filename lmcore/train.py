@@ -140,8 +140,17 @@ def batch_generator(seed: int, step: int, slot: int) -> torch.Generator:
 
 
 def resolve_device(name: str) -> torch.device:
+    """`auto` is cuda, then mps, then cpu; a named device that this machine lacks is a ValueError."""
     if name != "auto":
-        return torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise ValueError(f"device={name!r} is not a torch device (auto, cpu, cuda, cuda:1, mps)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={name!r}, but this torch sees no CUDA GPU")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"device={name!r}, but MPS is not available here")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():

@@ -91,7 +91,7 @@ def test_command_line_samples_from_a_model_folder(tmp_path):
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["--device", "gpu"], "'gpu' is not a torch device"),
+        (["--device", "gpu"], "device='gpu' is not a torch device"),
         (["--top-k", "-3"], "top_k must be >= 0 (0 keeps every token), got -3"),
         (["--num-samples", "0"], "--num-samples must be >= 1, got 0"),
     ],

@@ -301,12 +301,21 @@ def test_batch_threads_step_on_one_main_thread_and_evaluate_on_the_callers():
     assert seen == {"batch": {1}, "eval": {2}}
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_this_machine_lacks_is_refused_before_any_step():
+    model = tiny_model("gpt")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="device='cuda:1', but this torch sees no CUDA GPU"):
+        run(model, TrainConfig(**{**BASE.__dict__, "device": "cuda:1"}))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
 @pytest.mark.parametrize(
     "changes, dropout, message",
     [
         ({}, 0.1, "^batch_threads=2 needs dropout 0"),
         ({"compile": True}, 0.0, "^batch_threads=2 cannot be combined with compile=true"),
-        ({"device": "cuda"}, 0.0, "^batch_threads=2 runs on CPU only, the device is cuda"),
+        ({"device": "meta"}, 0.0, "^batch_threads=2 runs on CPU only, the device is meta"),
     ],
 )
 def test_batch_threads_refuse_what_they_cannot_split_exactly(changes, dropout, message):
