@@ -42,12 +42,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--num-samples must be >= 1, got {args.num_samples}")
 
     try:
-        model, _ = load_model(args.model, device=args.device)
+        model, config = load_model(args.model, device=args.device)
+        tokenizer = load_tokenizer(
+            args.model / "tokenizer.json",
+            config.get("eot_token", "<|endoftext|>"),  # the pipeline's exports record their special tokens
+            config.get("pad_token", "<|pad|>"),
+        )
     except ValueError as error:
         parser.error(str(error))
     if isinstance(model, SequenceClassifier):
         parser.error(f"{args.model} holds a classifier; generation needs a language model")
-    tokenizer = load_tokenizer(args.model / "tokenizer.json")
     prompt_ids = tokenizer.encode(args.prompt) or [tokenizer.eot_id]
     for i in range(args.num_samples):
         try:

@@ -13,13 +13,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import safetensors
 import safetensors.torch
 import torch
 import torch.nn as nn
-from tokenizers import Tokenizer
 
 from lmcore.models import SequenceClassifier, build_model, build_model_config
-from lmcore.tokenizer import tokenizer_sha256
+from lmcore.tokenizer import read_tokenizer_file, tokenizer_sha256
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -79,9 +79,7 @@ def export_model(
     directory = Path(directory)
     extra = dict(extra or {})
     if tokenizer_path is not None:
-        if not os.path.isfile(tokenizer_path):
-            raise ValueError(f"tokenizer file not found: {tokenizer_path}")
-        sha256 = tokenizer_sha256(Tokenizer.from_file(str(tokenizer_path)))
+        sha256 = tokenizer_sha256(read_tokenizer_file(tokenizer_path))
         if extra.setdefault("tokenizer_sha256", sha256) != sha256:
             raise ValueError(
                 f"{tokenizer_path} is not the tokenizer the model was trained with"
@@ -107,18 +105,27 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
     """Rebuild an exported model; returns (model in eval mode, config dict)."""
     directory = Path(directory)
     config_path = directory / "config.json"
-    if not config_path.exists():
-        raise ValueError(f"{directory} is not an exported model folder: {config_path} is missing")
-    config = json.loads(config_path.read_text())
+    weights_path = directory / "model.safetensors"
+    for path in (config_path, weights_path):
+        if not path.exists():
+            raise ValueError(f"{directory} is not an exported model folder: {path} is missing")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{config_path} is not valid JSON: {error}") from None
+    for key in ("arch", "model"):
+        if key not in config:
+            raise ValueError(f"{config_path} has no {key!r} entry: not an exported model config")
     check_folder_tokenizer(directory, config)
     model = build_model(config["arch"], build_model_config(config["arch"], config["model"]))
     if "classifier" in config:
         model = SequenceClassifier(model, config["classifier"]["num_classes"], config["classifier"]["pooling"])
-    missing, unexpected = safetensors.torch.load_model(model, str(directory / "model.safetensors"), strict=False)
+    try:
+        missing, unexpected = safetensors.torch.load_model(model, str(weights_path), strict=False)
+    except safetensors.SafetensorError as error:
+        raise ValueError(f"{weights_path} cannot be read: {error}") from None
     if unexpected or [k for k in missing if "lm_head.weight" not in k]:
-        raise ValueError(
-            f"{directory}/model.safetensors does not match its config: missing {missing}, unexpected {unexpected}"
-        )
+        raise ValueError(f"{weights_path} does not match its config: missing {missing}, unexpected {unexpected}")
     return model.to(device).eval(), config
 
 
@@ -127,7 +134,7 @@ def check_folder_tokenizer(directory: Path, config: dict[str, Any]) -> None:
     path = directory / "tokenizer.json"
     if not path.exists():
         return
-    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer = read_tokenizer_file(path)
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     if vocab_size != config["model"]["vocab_size"]:
         raise ValueError(

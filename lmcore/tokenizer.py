@@ -101,12 +101,20 @@ def train_tokenizer(texts: Iterable[str], config: TokenizerConfig) -> TextTokeni
     return TextTokenizer(tokenizer, config.eot_token, config.pad_token)
 
 
+def read_tokenizer_file(path: str | os.PathLike) -> Tokenizer:
+    """A `tokenizers.Tokenizer` from a tokenizer.json; a missing or unreadable file is a ValueError naming it."""
+    if not os.path.isfile(path):
+        raise ValueError(f"tokenizer file not found: {path}")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as error:  # tokenizers raises a bare Exception for malformed files
+        raise ValueError(f"{path} is not a tokenizer.json: {error}") from None
+
+
 def load_tokenizer(
     path: str | os.PathLike, eot_token: str = "<|endoftext|>", pad_token: str = "<|pad|>"
 ) -> TextTokenizer:
-    if not os.path.exists(path):
-        raise ValueError(f"tokenizer file not found: {path}")
-    return TextTokenizer(Tokenizer.from_file(str(path)), eot_token, pad_token)
+    return TextTokenizer(read_tokenizer_file(path), eot_token, pad_token)
 
 
 def _train_bpe(texts: Iterable[str], config: TokenizerConfig) -> Tokenizer:

@@ -62,6 +62,31 @@ def test_load_model_errors(tmp_path):
         load_model(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: (d / "config.json").write_text("{bad"), "config.json is not valid JSON"),
+        (lambda d: (d / "config.json").write_text('{"model": {}}'), "config.json has no 'arch' entry"),
+        (lambda d: (d / "model.safetensors").unlink(), "model.safetensors is missing"),
+        (lambda d: (d / "model.safetensors").write_bytes(b"\x10\x00"), "model.safetensors cannot be read"),
+        (lambda d: (d / "tokenizer.json").write_text("junk"), "tokenizer.json is not a tokenizer.json"),
+    ],
+)
+def test_a_damaged_model_folder_is_a_value_error_naming_the_file(tmp_path, damage, message):
+    from lmcore.tokenizer import TokenizerConfig, train_tokenizer
+
+    tokenizer = train_tokenizer(["abcdefg hij\n" * 20], TokenizerConfig(kind="char"))
+    tokenizer.save(tmp_path / "tokenizer.json")
+    config = {**TINY["lstm"], "vocab_size": tokenizer.vocab_size}
+    export_model(
+        tmp_path / "m", tiny_model("lstm", vocab_size=tokenizer.vocab_size), "lstm", config, tmp_path / "tokenizer.json"
+    )
+    load_model(tmp_path / "m")
+    damage(tmp_path / "m")
+    with pytest.raises(ValueError, match=message):
+        load_model(tmp_path / "m")
+
+
 def test_load_model_refuses_a_tokenizer_that_is_not_the_models(tmp_path):
     from lmcore.tokenizer import TokenizerConfig, train_tokenizer
 
