@@ -41,7 +41,11 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load fails on damaged files in many ways (zip, pickle, EOF, KeyError)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path} cannot be read as a checkpoint ({reason}); move it away to start afresh") from None
 
 
 def check_state_fits(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:

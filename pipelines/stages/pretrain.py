@@ -41,12 +41,19 @@ CURVE_COLUMNS = ["train/loss", "val/loss", "train/lr", "train/tokens_per_sec", "
 
 
 def discard_stale_checkpoint(checkpoint_dir, fingerprint: str) -> None:
+    """Move aside a checkpoint that this run must not resume: other settings, or unreadable."""
     path = checkpoint_dir / CHECKPOINT_NAME
-    if path.exists() and load_checkpoint(path).get("fingerprint") != fingerprint:
+    if not path.exists():
+        return
+    try:
+        reason = None if load_checkpoint(path).get("fingerprint") == fingerprint else "made with other settings"
+    except ValueError:
+        reason = "unreadable"
+    if reason:
         stale = checkpoint_dir.with_name(checkpoint_dir.name + ".stale")
         shutil.rmtree(stale, ignore_errors=True)
         checkpoint_dir.rename(stale)
-        logger.warning("checkpoint in %s was made with other settings; moved to %s", checkpoint_dir, stale)
+        logger.warning("not resuming from %s (%s); moved it to %s", path, reason, stale)
 
 
 def main() -> None:

@@ -57,6 +57,15 @@ def test_export_classifier(tmp_path):
         assert torch.equal(model(idx, lengths), loaded(idx, lengths))
 
 
+@pytest.mark.parametrize("content", [b"", b"garbage" * 10, b"half a checkpoint", "half"])
+def test_an_unreadable_checkpoint_is_a_value_error_naming_it(tmp_path, content):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"step": 1, "w": torch.ones(1000)})
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2] if content == "half" else content)
+    with pytest.raises(ValueError, match="checkpoint.pt cannot be read as a checkpoint .*move it away"):
+        load_checkpoint(path)
+
+
 def test_load_model_errors(tmp_path):
     with pytest.raises(ValueError, match="config.json is missing"):
         load_model(tmp_path)
