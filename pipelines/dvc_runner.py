@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 VALIDATION_FAILED = "VALIDATION FAILED"
+INPUT_ERROR_EXIT = 2  # pipelines.stages.common.run_stage: a bad config value or input file
 
 
 class StageFailed(RuntimeError):
@@ -27,6 +28,10 @@ class StageFailed(RuntimeError):
 
 class DataValidationFailed(StageFailed):
     """The data failed its expectations: not transient, never retried."""
+
+
+class StageInputError(StageFailed):
+    """The stage refused its config or input (it exited 2 with one clear line): never retried."""
 
 
 class RepoLocked(RuntimeError):
@@ -114,6 +119,8 @@ def run_stage(
             raise DataValidationFailed(stage, returncode, summary)
         if "Unable to acquire lock" in output or "is busy" in output:
             raise RepoLocked(f"the DVC repository at {root} is locked by another command")
+        if f"exited with {INPUT_ERROR_EXIT}" in output:  # how `dvc repro` reports the command's exit code
+            raise StageInputError(stage, INPUT_ERROR_EXIT, output)
         raise StageFailed(stage, returncode, output)
     ran = any(text.startswith(f"Running stage '{stage}'") for text in lines)
     return StageResult(stage, ran, output)

@@ -6,8 +6,8 @@ keys (applied as `dvc exp run -S` applies them; the run is saved with `dvc exp s
 `dvc exp show` lists it) and `force_from` (re-run that stage and everything after it).
 
 Transient failures (a killed process, a busy repository, a tracking server that did not answer)
-are retried with exponential backoff; a data-validation failure is not, and fails the flow with
-the validation summary. One pipeline run at a time per checkout: a file lock, waited on for
+are retried with exponential backoff; a data-validation failure or a stage's refusal of its
+config or input is not, and fails the flow with the validation summary or the stage's message. One pipeline run at a time per checkout: a file lock, waited on for
 `wait_for_lock_seconds`, after which the run is skipped (Cancelled), never run beside another.
 """
 
@@ -33,7 +33,14 @@ from prefect.states import Cancelled
 from prefect.tasks import exponential_backoff
 
 from pipelines import tracking
-from pipelines.dvc_runner import DataValidationFailed, apply_overrides, run_stage, stage_order, stages_from
+from pipelines.dvc_runner import (
+    DataValidationFailed,
+    StageInputError,
+    apply_overrides,
+    run_stage,
+    stage_order,
+    stages_from,
+)
 from pipelines.params import load_params
 
 FLOW_NAME = "lmcore-pipeline"
@@ -49,10 +56,10 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
 
 
 def is_transient(task_, task_run, state) -> bool:
-    """Retry unless the data failed validation (retrying cannot fix the data)."""
+    """Retry unless the data or the config is at fault (retrying cannot fix either)."""
     try:
         state.result()
-    except DataValidationFailed:
+    except (DataValidationFailed, StageInputError):
         return False
     except Exception:
         return True

@@ -11,7 +11,15 @@ import pytest
 import yaml
 from prefect.states import Completed, Failed
 
-from pipelines.dvc_runner import DataValidationFailed, StageFailed, apply_overrides, run_stage, stage_order, stages_from
+from pipelines.dvc_runner import (
+    DataValidationFailed,
+    StageFailed,
+    StageInputError,
+    apply_overrides,
+    run_stage,
+    stage_order,
+    stages_from,
+)
 from pipelines.flow import checkout_lock, is_transient, metrics_markdown, run_stage_task
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,6 +50,7 @@ def test_run_stage_streams_output_and_reports_failure(tmp_path):
     stages = {
         "good": {"cmd": "echo hello-from-stage > out.txt && echo printed-line", "outs": ["out.txt"]},
         "bad": {"cmd": "echo about-to-fail && exit 3", "deps": ["out.txt"]},
+        "refused": {"cmd": "echo 'params.yaml: pretrain.beta2 must be in [0, 1)' && exit 2", "deps": ["out.txt"]},
     }
     root = dvc_project(tmp_path, stages)
     lines: list[str] = []
@@ -49,8 +58,11 @@ def test_run_stage_streams_output_and_reports_failure(tmp_path):
     assert result.ran and "printed-line" in lines
     assert not run_stage(root, "good", False, lines.append).ran  # DVC's cache decides
     assert run_stage(root, "good", True, lines.append).ran  # forced
-    with pytest.raises(StageFailed, match="about-to-fail"):
+    with pytest.raises(StageFailed, match="about-to-fail") as failure:
         run_stage(root, "bad", False, lines.append)
+    assert not isinstance(failure.value, StageInputError)
+    with pytest.raises(StageInputError, match=r"pretrain.beta2 must be in \[0, 1\)"):  # a stage's exit 2
+        run_stage(root, "refused", False, lines.append)
 
 
 def test_task_body_runs_without_a_server(tmp_path):
@@ -83,6 +95,7 @@ def test_retry_policy_retries_transient_failures_but_not_validation():
     assert is_transient(None, None, Failed(data=StageFailed("pretrain", -9, "Killed")))
     assert is_transient(None, None, Failed(data=RuntimeError("tracking server did not answer")))
     assert not is_transient(None, None, Failed(data=DataValidationFailed("validate", 1, "VALIDATION FAILED")))
+    assert not is_transient(None, None, Failed(data=StageInputError("ingest", 2, "source 'x.txt' does not exist")))
     assert is_transient(None, None, Completed())
 
 
