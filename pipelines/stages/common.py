@@ -40,7 +40,7 @@ def swap_in(tmp: Path, out: Path) -> None:
 
 
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's main; a user error prints one clear line and exits 2, without a traceback."""
+    """Run a stage's main; a user error prints one clear line and exits 2, a lost connection exits 1."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     for noisy in ("alembic", "mlflow", "great_expectations", "urllib3", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -49,6 +49,9 @@ def run_stage(main: Callable[[], None]) -> None:
     except ValueError as error:
         logger.error("%s", error)
         sys.exit(2)
+    except ConnectionError as error:  # say, the tracking server: worth retrying, so not exit 2
+        logger.error("%s", error)
+        sys.exit(1)
 
 
 def fan_out(*sinks: LogFn) -> LogFn:

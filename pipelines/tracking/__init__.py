@@ -28,6 +28,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 import psutil
+import requests
 import yaml
 
 from pipelines.params import ROOT, flatten
@@ -37,6 +38,24 @@ warnings.filterwarnings("ignore", module="sqlalchemy")
 warnings.filterwarnings("ignore", message=".*Pandas4Warning.*")
 warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")
 RUN_FILE = "run.json"
+SERVER_CHECK_SECONDS = 10.0
+
+
+class TrackingServerUnavailable(ConnectionError):
+    """MLFLOW_TRACKING_URI names a server that does not answer (transient: the stage exits 1)."""
+
+
+def check_server(uri: str) -> None:
+    """Fail in seconds when a tracking server does not answer, not after MLflow's 4 minutes of retries."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=SERVER_CHECK_SECONDS)  # any answer will do
+    except requests.RequestException as error:
+        raise TrackingServerUnavailable(
+            f"the MLflow tracking server {uri} (MLFLOW_TRACKING_URI) does not answer ({type(error).__name__}):"
+            " start it, or unset MLFLOW_TRACKING_URI to track in the project's mlflow.db"
+        ) from None
 
 
 def project_root(cwd: Path | None = None) -> Path:
@@ -56,6 +75,8 @@ def configure(experiment: str) -> str:
     embedded = "MLFLOW_TRACKING_URI" not in os.environ
     if embedded:
         mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    else:
+        check_server(os.environ["MLFLOW_TRACKING_URI"])
     existing = mlflow.get_experiment_by_name(experiment)
     if existing is not None:
         mlflow.set_experiment(experiment_id=existing.experiment_id)
