@@ -1,17 +1,23 @@
-"""Command line: `python -m lmcore generate --model DIR --prompt TEXT`."""
+"""Command line for exported model folders.
+
+python -m lmcore generate --model DIR --prompt TEXT     # sample text
+python -m lmcore evaluate --model DIR --text FILE       # loss, perplexity, bits per byte as JSON
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import torch
 
 from lmcore.checkpoint import load_model
+from lmcore.evaluate import evaluate_lm
 from lmcore.generate import generate
 from lmcore.models import SequenceClassifier
-from lmcore.tokenizer import load_tokenizer
+from lmcore.tokenizer import TextTokenizer, load_tokenizer
 from lmcore.train import resolve_device
 
 
@@ -22,36 +28,28 @@ def parse_device(name: str) -> torch.device:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lmcore")
-    commands = parser.add_subparsers(dest="command", required=True)
-    sample = commands.add_parser("generate", help="sample text from an exported model folder")
-    sample.add_argument(
-        "--model", required=True, type=Path, help="folder with model.safetensors, config.json, tokenizer.json"
-    )
-    sample.add_argument("--prompt", default="\n")
-    sample.add_argument("--max-new-tokens", type=int, default=200)
-    sample.add_argument("--temperature", type=float, default=0.8)
-    sample.add_argument("--top-k", type=int, default=0)
-    sample.add_argument("--top-p", type=float, default=1.0)
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--num-samples", type=int, default=1)
-    sample.add_argument("--device", type=parse_device, default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
-    args = parser.parse_args(argv)
-    if args.num_samples < 1:
-        parser.error(f"--num-samples must be >= 1, got {args.num_samples}")
-
+def load_language_model(
+    parser: argparse.ArgumentParser, directory: Path, device: torch.device
+) -> tuple[torch.nn.Module, dict, TextTokenizer]:
+    """(model, config, tokenizer) of an exported language-model folder; a bad folder is a usage error."""
     try:
-        model, config = load_model(args.model, device=args.device)
+        model, config = load_model(directory, device=device)
         tokenizer = load_tokenizer(
-            args.model / "tokenizer.json",
+            directory / "tokenizer.json",
             config.get("eot_token", "<|endoftext|>"),  # the pipeline's exports record their special tokens
             config.get("pad_token", "<|pad|>"),
         )
     except ValueError as error:
         parser.error(str(error))
     if isinstance(model, SequenceClassifier):
-        parser.error(f"{args.model} holds a classifier; generation needs a language model")
+        parser.error(f"{directory} holds a classifier; this command needs a language model")
+    return model, config, tokenizer
+
+
+def run_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.num_samples < 1:
+        parser.error(f"--num-samples must be >= 1, got {args.num_samples}")
+    model, _, tokenizer = load_language_model(parser, args.model, args.device)
     prompt_ids = tokenizer.encode(args.prompt) or [tokenizer.eot_id]
     for i in range(args.num_samples):
         try:
@@ -70,6 +68,58 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(args.prompt + tokenizer.decode(ids) + "\n")
         if i + 1 < args.num_samples:
             sys.stdout.write("-" * 40 + "\n")
+
+
+def run_evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for name, least in (("windows", 1), ("batch_size", 1), ("block_size", 0)):
+        if getattr(args, name) < least:
+            parser.error(f"--{name.replace('_', '-')} must be >= {least}, got {getattr(args, name)}")
+    model, config, tokenizer = load_language_model(parser, args.model, args.device)
+    try:
+        text = args.text.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        parser.error(f"cannot read {args.text}: {error}")
+    ids = tokenizer.encode_to_array(text)
+    block_size = args.block_size or config["model"]["block_size"]
+    try:
+        metrics = evaluate_lm(
+            model, ids, block_size, args.batch_size, args.windows, len(text.encode("utf-8")) / max(len(ids), 1)
+        )
+    except ValueError as error:
+        parser.error(f"{args.text}: {error}")
+    report = {"text": str(args.text), "tokens": len(ids), "block_size": block_size, **metrics}
+    sys.stdout.write(json.dumps(report, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lmcore")
+    commands = parser.add_subparsers(dest="command", required=True)
+    model_help = "exported model folder: model.safetensors, config.json, tokenizer.json"
+    device_help = "cpu (default), cuda, cuda:N, mps or auto"
+
+    sample = commands.add_parser("generate", help="sample text from an exported model folder")
+    sample.add_argument("--model", required=True, type=Path, help=model_help)
+    sample.add_argument("--prompt", default="\n")
+    sample.add_argument("--max-new-tokens", type=int, default=200)
+    sample.add_argument("--temperature", type=float, default=0.8)
+    sample.add_argument("--top-k", type=int, default=0)
+    sample.add_argument("--top-p", type=float, default=1.0)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--num-samples", type=int, default=1)
+    sample.add_argument("--device", type=parse_device, default="cpu", help=device_help)
+
+    score = commands.add_parser(
+        "evaluate", help="loss, perplexity, bits per byte and next-token accuracy of a model on a text file"
+    )
+    score.add_argument("--model", required=True, type=Path, help=model_help)
+    score.add_argument("--text", required=True, type=Path, help="UTF-8 text file to score")
+    score.add_argument("--windows", type=int, default=400, help="evenly spaced windows over the text (default 400)")
+    score.add_argument("--block-size", type=int, default=0, help="window length in tokens; default: the model's")
+    score.add_argument("--batch-size", type=int, default=32)
+    score.add_argument("--device", type=parse_device, default="cpu", help=device_help)
+
+    args = parser.parse_args(argv)
+    (run_generate if args.command == "generate" else run_evaluate)(parser, args)
     return 0
 
 

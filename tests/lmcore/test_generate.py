@@ -1,13 +1,8 @@
-import subprocess
-import sys
-
 import pytest
 import torch
 
-from lmcore.checkpoint import export_model
 from lmcore.generate import generate, sample_next
-from lmcore.tokenizer import TokenizerConfig, train_tokenizer
-from tests.lmcore.helpers import TINY, tiny_model
+from tests.lmcore.helpers import tiny_model
 
 
 @pytest.mark.parametrize("name", ["gpt", "gpt_classic", "lstm", "gru"])
@@ -57,59 +52,3 @@ def test_top_k_and_top_p_filter():
     assert {sample_next(logits, 1.0, 1, 1.0, g) for _ in range(50)} == {0}
     assert {sample_next(logits, 1.0, 0, 0.5, g) for _ in range(50)} == {0}
     assert {sample_next(logits, 1.0, 2, 1.0, g) for _ in range(200)} == {0, 1}
-
-
-def test_command_line_samples_from_a_model_folder(tmp_path):
-    tokenizer = train_tokenizer(["abcdefg hij\n" * 20], TokenizerConfig(kind="char"))
-    tokenizer.save(tmp_path / "tokenizer.json")
-    config = {**TINY["gpt"], "vocab_size": tokenizer.vocab_size}
-    export_model(
-        tmp_path / "model",
-        tiny_model("gpt", vocab_size=tokenizer.vocab_size),
-        "gpt",
-        config,
-        tmp_path / "tokenizer.json",
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "lmcore",
-        "generate",
-        "--model",
-        str(tmp_path / "model"),
-        "--prompt",
-        "abc",
-        "--max-new-tokens",
-        "12",
-        "--seed",
-        "3",
-    ]
-    first = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    assert first.startswith("abc") and first == subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-
-
-@pytest.mark.parametrize(
-    ("arguments", "message"),
-    [
-        (["--device", "gpu"], "device='gpu' is not a torch device"),
-        (["--top-k", "-3"], "top_k must be >= 0 (0 keeps every token), got -3"),
-        (["--num-samples", "0"], "--num-samples must be >= 1, got 0"),
-    ],
-)
-def test_command_line_names_a_bad_argument(tmp_path, capsys, arguments, message):
-    from lmcore.__main__ import main
-
-    tokenizer = train_tokenizer(["abcdefg hij\n" * 20], TokenizerConfig(kind="char"))
-    tokenizer.save(tmp_path / "tokenizer.json")
-    config = {**TINY["lstm"], "vocab_size": tokenizer.vocab_size}
-    export_model(
-        tmp_path / "model",
-        tiny_model("lstm", vocab_size=tokenizer.vocab_size),
-        "lstm",
-        config,
-        tmp_path / "tokenizer.json",
-    )
-    with pytest.raises(SystemExit) as exit_info:
-        main(["generate", "--model", str(tmp_path / "model"), *arguments])
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err

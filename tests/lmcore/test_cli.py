@@ -1,0 +1,74 @@
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from lmcore.__main__ import main
+from lmcore.checkpoint import export_model
+from lmcore.evaluate import evaluate_lm
+from lmcore.tokenizer import TokenizerConfig, train_tokenizer
+from tests.lmcore.helpers import TINY, tiny_model
+
+TEXT = "the quick brown fox jumps over the lazy dog\n" * 40
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    tokenizer = train_tokenizer([TEXT], TokenizerConfig(kind="char"))
+    tokenizer.save(tmp_path / "tokenizer.json")
+    config = {**TINY["gpt"], "vocab_size": tokenizer.vocab_size}
+    model = tiny_model("gpt", vocab_size=tokenizer.vocab_size)
+    export_model(tmp_path / "model", model, "gpt", config, tmp_path / "tokenizer.json")
+    return tmp_path / "model", model, tokenizer
+
+
+def test_evaluate_scores_a_text_file_as_evaluate_lm_does(tmp_path, model_dir, capsys):
+    directory, model, tokenizer = model_dir
+    (tmp_path / "held_out.txt").write_text(TEXT)
+    main(["evaluate", "--model", str(directory), "--text", str(tmp_path / "held_out.txt"), "--windows", "20"])
+    report = json.loads(capsys.readouterr().out)
+    ids = tokenizer.encode_to_array(TEXT)
+    expected = evaluate_lm(model.eval(), ids, TINY["gpt"]["block_size"], 32, 20, bytes_per_token=1.0)
+    assert report["tokens"] == len(ids) == len(TEXT)  # one character, one byte, one token
+    for key in ("loss", "perplexity", "top1_accuracy", "top5_accuracy", "bits_per_byte"):
+        assert report[key] == pytest.approx(expected[key], rel=1e-6), key
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--text", "{tmp}/missing.txt"], "cannot read .*missing.txt"),
+        (["--text", "{tmp}/short.txt"], r"short.txt: block_size=16 is larger than the evaluation data \(6 tokens\)"),
+        (["--text", "{tmp}/short.txt", "--windows", "0"], "--windows must be >= 1, got 0"),
+    ],
+)
+def test_evaluate_names_a_bad_argument(tmp_path, model_dir, capsys, arguments, message):
+    (tmp_path / "short.txt").write_text("short\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--model", str(model_dir[0]), *[a.format(tmp=tmp_path) for a in arguments]])
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_generate_samples_the_same_text_for_the_same_seed(model_dir):
+    cmd = [sys.executable, "-m", "lmcore", "generate", "--model", str(model_dir[0]), "--prompt", "the"]
+    cmd += ["--max-new-tokens", "12", "--seed", "3"]
+    first = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    assert first.startswith("the") and first == subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--device", "gpu"], "device='gpu' is not a torch device"),
+        (["--top-k", "-3"], "top_k must be >= 0 (0 keeps every token), got -3"),
+        (["--num-samples", "0"], "--num-samples must be >= 1, got 0"),
+    ],
+)
+def test_generate_names_a_bad_argument(model_dir, capsys, arguments, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--model", str(model_dir[0]), *arguments])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
