@@ -40,6 +40,8 @@ class TokenizerConfig:
             )
         if self.min_frequency < 1:
             raise ValueError(f"min_frequency must be >= 1, got {self.min_frequency}")
+        if len(set(self.special_tokens)) != len(self.special_tokens):
+            raise ValueError(f"special_tokens lists a token twice: {self.special_tokens}")
         for name in ("eot_token", "pad_token"):
             token = getattr(self, name)
             if token not in self.special_tokens:

@@ -38,6 +38,8 @@ class CorpusParams:
     test_fraction: float
 
     def __post_init__(self) -> None:
+        if not self.sources:
+            raise ValueError("sources is empty: name at least one file, folder, glob or URL")
         check_fractions(validation_fraction=self.validation_fraction, test_fraction=self.test_fraction)
 
 
@@ -51,6 +53,12 @@ class LabeledParams:
     validation_fraction: float
 
     def __post_init__(self) -> None:
+        if not self.sources:
+            raise ValueError("sources is empty: name at least one labeled table")
+        if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"labels must be two or more distinct values, got {self.labels}")
+        if len(self.label_names) != len(self.labels):
+            raise ValueError(f"label_names has {len(self.label_names)} names for {len(self.labels)} labels")
         check_fractions(validation_fraction=self.validation_fraction)
 
 
@@ -97,6 +105,10 @@ class TokenizerParams:
     special_tokens: list[str]
     eot_token: str
     pad_token: str
+
+    def __post_init__(self) -> None:
+        if not self.train_on or len(set(self.train_on)) != len(self.train_on):
+            raise ValueError(f"train_on must name pretrain, labeled or both, once each; got {self.train_on}")
 
     def tokenizer_config(self) -> TokenizerConfig:
         values = {f.name: getattr(self, f.name) for f in fields(TokenizerConfig)}

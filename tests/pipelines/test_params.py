@@ -43,6 +43,20 @@ def test_the_shipped_params_load():
         ),
         (lambda p: p["ingest"]["labeled"].update(validation_fraction=-0.1), "ingest.labeled.validation_fraction"),
         (lambda p: p["ingest"].update(chunk_rows=0), "ingest.chunk_rows must be at least 1, got 0"),
+        (lambda p: p["ingest"]["pretrain"].update(sources=[]), "ingest.pretrain.sources is empty"),
+        (
+            lambda p: p["ingest"]["labeled"].update(labels=["0", "0"]),
+            r"ingest.labeled.labels must be two or more distinct values, got \['0', '0'\]",
+        ),
+        (
+            lambda p: p["ingest"]["labeled"].update(labels=["0", "1", "2"]),
+            "ingest.labeled.label_names has 2 names for 3 labels",
+        ),
+        (lambda p: p["tokenizer"].update(train_on=[]), "tokenizer.train_on must name pretrain, labeled or both"),
+        (
+            lambda p: p["tokenizer"].update(special_tokens=["<|endoftext|>", "<|pad|>", "<|pad|>"]),
+            "tokenizer.special_tokens lists a token twice",
+        ),
         (lambda p: p["validate"].update(min_chars=10, max_chars=5), "validate.min_chars=10 is above max_chars=5"),
         (lambda p: p["validate"].update(max_class_share=1.5), r"validate.max_class_share must be in \[0, 1\]"),
         (lambda p: p["finetune"].update(classifier_dropout=1.0), r"finetune.classifier_dropout must be in \[0, 1\)"),
