@@ -129,9 +129,11 @@ def open_stream(name: str, tokenizer_sha256: str):
 
 def lm_evaluator(stream: str, tokenizer_sha256: str, block_size: int, params) -> Callable:
     """`evaluate(model) -> metrics` on a fixed set of windows of one token stream (with bits/byte)."""
+    from lmcore.data import check_block_size
     from lmcore.evaluate import evaluate_lm
 
     data, meta = open_stream(stream, tokenizer_sha256)
+    check_block_size(data, block_size, f"{stream} stream's")  # before any work, naming the stream
     return lambda model: evaluate_lm(
         model, data, block_size, params.evaluate.batch_size, params.evaluate.num_windows, meta.bytes_per_token
     )

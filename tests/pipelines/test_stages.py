@@ -1,7 +1,24 @@
+import numpy as np
+import pytest
 import torch
 
 from lmcore.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from lmcore.data import write_token_stream
+from pipelines.stages.common import lm_evaluator
 from pipelines.stages.pretrain import discard_stale_checkpoint
+
+
+def test_an_evaluation_stream_shorter_than_a_window_is_named_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    streams = tmp_path / "outputs" / "tokenizer" / "streams"
+    streams.mkdir(parents=True)
+    write_token_stream(streams / "pretrain_test.bin", np.arange(10), 16, 10, "abc")
+    with pytest.raises(
+        ValueError, match="block_size=32 is larger than the pretrain_test stream's data \\(10 tokens\\)"
+    ):
+        lm_evaluator("pretrain_test", "abc", 32, params=None)
+    with pytest.raises(ValueError, match="was encoded by tokenizer abc"):
+        lm_evaluator("pretrain_test", "another tokenizer", 4, params=None)
 
 
 def test_only_a_readable_checkpoint_of_the_same_settings_is_kept_for_resuming(tmp_path):
