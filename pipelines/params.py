@@ -211,9 +211,15 @@ def load_params(path: str | Path | None = None) -> Params:
         params = config_from_dict(Params, raw, require_all=True)
         if params.model.arch not in ARCHITECTURES:
             raise ValueError(f"model.arch={params.model.arch!r} is not one of {sorted(ARCHITECTURES)}")
-        for arch in ARCHITECTURES:
-            build_model_config(arch, {**getattr(params.model, arch), "vocab_size": 1}, f"model.{arch}")
+        models = {
+            arch: build_model_config(arch, {**getattr(params.model, arch), "vocab_size": 1}, f"model.{arch}")
+            for arch in ARCHITECTURES
+        }
         params.tokenizer.tokenizer_config()
+        gpt_block = models["gpt"].block_size
+        if params.model.arch == "gpt" and params.finetune.max_len > gpt_block:
+            # finetune would refuse it, but only after the tokenizer and pretrain stages ran
+            raise ValueError(f"finetune.max_len={params.finetune.max_len} exceeds model.gpt.block_size={gpt_block}")
         check_batch_threads(params)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None

@@ -45,6 +45,10 @@ def test_the_shipped_params_load():
         (lambda p: p["ingest"].update(chunk_rows=0), "ingest.chunk_rows must be at least 1, got 0"),
         (lambda p: p["ingest"]["pretrain"].update(sources=[]), "ingest.pretrain.sources is empty"),
         (
+            lambda p: (p["model"].update(arch="gpt"), p["finetune"].update(max_len=256)),
+            "finetune.max_len=256 exceeds model.gpt.block_size=128",
+        ),
+        (
             lambda p: p["ingest"]["labeled"].update(labels=["0", "0"]),
             r"ingest.labeled.labels must be two or more distinct values, got \['0', '0'\]",
         ),
