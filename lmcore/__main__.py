@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from lmcore.checkpoint import load_model
+from lmcore.checkpoint import load_folder_tokenizer, load_model
 from lmcore.evaluate import evaluate_lm
 from lmcore.generate import generate
 from lmcore.models import SequenceClassifier
-from lmcore.tokenizer import TextTokenizer, load_tokenizer
+from lmcore.tokenizer import TextTokenizer
 from lmcore.train import resolve_device
 
 
@@ -34,11 +34,7 @@ def load_language_model(
     """(model, config, tokenizer) of an exported language-model folder; a bad folder is a usage error."""
     try:
         model, config = load_model(directory, device=device)
-        tokenizer = load_tokenizer(
-            directory / "tokenizer.json",
-            config.get("eot_token", "<|endoftext|>"),  # the pipeline's exports record their special tokens
-            config.get("pad_token", "<|pad|>"),
-        )
+        tokenizer = load_folder_tokenizer(directory, config)
     except ValueError as error:
         parser.error(str(error))
     if isinstance(model, SequenceClassifier):

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from lmcore.models import SequenceClassifier, build_model, build_model_config
-from lmcore.tokenizer import read_tokenizer_file, tokenizer_sha256
+from lmcore.tokenizer import TextTokenizer, load_tokenizer, read_tokenizer_file, tokenizer_sha256
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -131,6 +131,12 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
     if unexpected or [k for k in missing if "lm_head.weight" not in k]:
         raise ValueError(f"{weights_path} does not match its config: missing {missing}, unexpected {unexpected}")
     return model.to(device).eval(), config
+
+
+def load_folder_tokenizer(directory: str | os.PathLike, config: dict[str, Any]) -> TextTokenizer:
+    """An exported folder's tokenizer.json, with the special tokens its config.json records (if any)."""
+    special = {key: config[key] for key in ("eot_token", "pad_token") if key in config}
+    return load_tokenizer(Path(directory) / "tokenizer.json", **special)
 
 
 def check_folder_tokenizer(directory: Path, config: dict[str, Any]) -> None:

@@ -16,13 +16,12 @@ class LmcoreModel(PythonModel):
     def load_context(self, context) -> None:
         import torch
 
-        from lmcore.checkpoint import load_model
-        from lmcore.tokenizer import load_tokenizer
+        from lmcore.checkpoint import load_folder_tokenizer, load_model
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
         directory = context.artifacts["model_dir"]
         self.model, self.config = load_model(directory)
-        self.tokenizer = load_tokenizer(f"{directory}/tokenizer.json")
+        self.tokenizer = load_folder_tokenizer(directory, self.config)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         import torch
@@ -34,6 +33,8 @@ class LmcoreModel(PythonModel):
         params = params or {}
         texts = [str(t) for t in model_input["text"]]
         if "classifier" in self.config:
+            if not texts:
+                return pd.DataFrame({"label": pd.Series(dtype=str), "probability": pd.Series(dtype=float)})
             examples = LabeledExamples(self.tokenizer.encode_batch(texts), [0] * len(texts))
             with torch.no_grad():
                 predicted, probs = predict_classes(

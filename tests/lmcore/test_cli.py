@@ -72,3 +72,15 @@ def test_generate_names_a_bad_argument(model_dir, capsys, arguments, message):
         main(["generate", "--model", str(model_dir[0]), *arguments])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_folder_with_its_own_special_tokens_loads_them_from_its_config(tmp_path, capsys):
+    config = TokenizerConfig(kind="char", special_tokens=["<eos>", "<pad>"], eot_token="<eos>", pad_token="<pad>")
+    tokenizer = train_tokenizer([TEXT], config)
+    tokenizer.save(tmp_path / "tokenizer.json")
+    model_config = {**TINY["lstm"], "vocab_size": tokenizer.vocab_size}
+    model = tiny_model("lstm", vocab_size=tokenizer.vocab_size)
+    extra = {"eot_token": "<eos>", "pad_token": "<pad>"}
+    export_model(tmp_path / "model", model, "lstm", model_config, tmp_path / "tokenizer.json", extra=extra)
+    main(["generate", "--model", str(tmp_path / "model"), "--prompt", "the", "--max-new-tokens", "5"])
+    assert capsys.readouterr().out.startswith("the")

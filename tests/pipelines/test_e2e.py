@@ -97,6 +97,7 @@ def test_registered_models_load_and_predict(tiny_project):
     classifier = mlflow.pyfunc.load_model("models:/lmcore-classifier/1")
     predicted = classifier.predict(pd.DataFrame({"text": ["a fine film .", "boring ."]}))
     assert set(predicted["label"]) <= {"negative", "positive"} and len(predicted) == 2
+    assert classifier.predict(pd.DataFrame({"text": pd.Series([], dtype=str)})).empty
     lm = mlflow.pyfunc.load_model("models:/lmcore-lm/1")
     generated = lm.predict(pd.DataFrame({"text": ["ROMEO:"]}), params={"max_new_tokens": 5, "seed": 1})
     assert isinstance(generated["generated"][0], str)
