@@ -352,6 +352,11 @@ def train(
     checkpoint_extra: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train `model` in place for `config.max_steps` optimizer steps; resume from checkpoint_dir."""
+    if config.early_stopping_patience and evaluate is None:
+        raise ValueError(
+            f"early_stopping_patience={config.early_stopping_patience} needs an `evaluate` function"
+            f" that reports {config.early_stopping_metric!r}"
+        )
     rank, world_size, device = setup_distributed(config.device)
     is_master = rank == 0
     dtype = resolve_dtype(config.dtype, device)
@@ -458,6 +463,11 @@ def train(
                 last_eval_step = step
                 log(step, {f"val/{k}": v for k, v in eval_metrics.items()})
                 if config.early_stopping_patience:
+                    if config.early_stopping_metric not in eval_metrics:
+                        raise ValueError(
+                            f"early_stopping_metric={config.early_stopping_metric!r} is not among the"
+                            f" evaluation's metrics {sorted(eval_metrics)}"
+                        )
                     value = eval_metrics[config.early_stopping_metric]
                     better = best_metric is None or (
                         value < best_metric if config.early_stopping_mode == "min" else value > best_metric

@@ -236,6 +236,16 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
     assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == 5  # left as it was
 
 
+def test_early_stopping_without_its_metric_is_named():
+    watching = TrainConfig(**{**BASE.__dict__, "early_stopping_patience": 2, "early_stopping_metric": "acc"})
+    with pytest.raises(ValueError, match="early_stopping_patience=2 needs an `evaluate` function that reports 'acc'"):
+        run(tiny_model("lstm"), watching)
+    with pytest.raises(
+        ValueError, match=r"early_stopping_metric='acc' is not among the evaluation's metrics \['loss'\]"
+    ):
+        run(tiny_model("lstm"), watching, evaluate=lambda model: {"loss": 1.0})
+
+
 def test_resume_with_changed_settings_says_which(tmp_path, caplog):
     run(tiny_model("lstm"), TrainConfig(**{**BASE.__dict__, "max_steps": 5}), checkpoint_dir=tmp_path)
     with caplog.at_level("WARNING", logger="lmcore.train"):
