@@ -21,6 +21,10 @@ from lmcore.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILE = "params.yaml"
+# What the stages' periodic evaluations report, so that early stopping can be checked at load:
+# pretrain's is lmcore's evaluate_lm (with bits per byte), the classifier's is finetune.classify's.
+LM_EVAL_METRICS = ("loss", "perplexity", "top1_accuracy", "top5_accuracy", "bits_per_byte")
+CLASSIFIER_EVAL_METRICS = ("accuracy", "macro_f1")
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,7 @@ def load_params(path: str | Path | None = None) -> Params:
             # finetune would refuse it, but only after the tokenizer and pretrain stages ran
             raise ValueError(f"finetune.max_len={params.finetune.max_len} exceeds model.gpt.block_size={gpt_block}")
         check_batch_threads(params)
+        check_early_stopping(params)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
     return params
@@ -246,6 +251,19 @@ def check_batch_threads(params: Params) -> None:
             f"finetune.train.batch_threads={finetune_threads} is more than finetune.lm_batch_size="
             f"{params.finetune.lm_batch_size}: every thread needs at least one row"
         )
+
+
+def check_early_stopping(params: Params) -> None:
+    """An early-stopping metric that the watched evaluation reports (else a KeyError after hours)."""
+    watched = [("pretrain", params.pretrain, LM_EVAL_METRICS)]
+    if params.finetune.task != "lm":  # the LM phase never stops early; the classifier phase may
+        watched.append(("finetune.train", params.finetune.train, CLASSIFIER_EVAL_METRICS))
+    for section, config, reported in watched:
+        if config.early_stopping_patience and config.early_stopping_metric not in reported:
+            raise ValueError(
+                f"{section}.early_stopping_metric={config.early_stopping_metric!r} is not reported by its"
+                f" evaluation: one of {list(reported)}"
+            )
 
 
 def check_fractions(**fractions: float) -> None:

@@ -23,7 +23,7 @@ from lmcore.tokenizer import load_tokenizer
 from lmcore.train import TrainConfig, classification_loss, lm_loss, train
 from pipelines import tracking
 from pipelines.corpus import json_dump
-from pipelines.params import Params, load_params, load_raw_params
+from pipelines.params import CLASSIFIER_EVAL_METRICS, Params, load_params, load_raw_params
 from pipelines.stages.common import (
     ComputeClock,
     CurveWriter,
@@ -70,7 +70,7 @@ def classify(backbone: nn.Module, params: Params, pad_id: int, log, label: str) 
     def evaluate(m: nn.Module) -> dict[str, float]:
         predicted, _ = predict_classes(m, val_set, pad_id, ft.max_len, params.evaluate.batch_size)
         scores = classification_metrics(val_set.labels, predicted, num_classes)
-        return {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]}
+        return {name: scores[name] for name in CLASSIFIER_EVAL_METRICS}
 
     config: TrainConfig = ft.train
     sampler = LengthBucketSampler(train_set, pad_id, ft.max_len, ft.length_buckets)

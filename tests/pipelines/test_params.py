@@ -45,6 +45,14 @@ def test_the_shipped_params_load():
         (lambda p: p["ingest"].update(chunk_rows=0), "ingest.chunk_rows must be at least 1, got 0"),
         (lambda p: p["ingest"]["pretrain"].update(sources=[]), "ingest.pretrain.sources is empty"),
         (
+            lambda p: p["finetune"]["train"].update(early_stopping_metric="acc"),
+            r"finetune.train.early_stopping_metric='acc' is not reported by its evaluation: one of \['accuracy'",
+        ),
+        (
+            lambda p: p["pretrain"].update(early_stopping_patience=3, early_stopping_metric="accuracy"),
+            "pretrain.early_stopping_metric='accuracy' is not reported",
+        ),
+        (
             lambda p: (p["model"].update(arch="gpt"), p["finetune"].update(max_len=256)),
             "finetune.max_len=256 exceeds model.gpt.block_size=128",
         ),
@@ -117,3 +125,14 @@ def test_batch_threads_checks_only_the_phases_the_task_trains(tmp_path, mutate):
 
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": [1]}}, "e": 2}) == {"a.b": 1, "a.c.d": [1], "e": 2}
+
+
+def test_the_lm_metrics_named_for_early_stopping_are_what_evaluate_lm_reports():
+    import numpy as np
+
+    from lmcore.evaluate import evaluate_lm
+    from pipelines.params import LM_EVAL_METRICS
+    from tests.lmcore.helpers import tiny_model
+
+    data = np.arange(200) % 40
+    assert set(evaluate_lm(tiny_model("lstm"), data, 16, num_windows=4, bytes_per_token=1.0)) == set(LM_EVAL_METRICS)
