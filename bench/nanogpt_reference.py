@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import resource
 import statistics
 import tempfile
 import time
@@ -150,6 +151,7 @@ def main() -> None:
                 "tokens_per_sec": round(BATCH * BLOCK / step_s),
                 "final_val_loss": round(val_loss, 4),
                 "wall_seconds": round(wall, 1),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             },
             indent=2,
         )

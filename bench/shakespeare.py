@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -175,6 +176,9 @@ def main() -> None:
         "target": args.target or None,
         "target_reached": reached if args.target else None,
         "time_to_target_s": round(evals[-1][2], 1) if reached else None,
+        # the whole process's peak resident memory (Python, torch and data included), as nanoGPT's 387 MB
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_cuda_mb": round(torch.cuda.max_memory_allocated(device) / 2**20) if device.type == "cuda" else None,
     }
     print(json.dumps(figures, indent=2))
     if args.json:

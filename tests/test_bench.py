@@ -44,6 +44,7 @@ def test_shakespeare_bench_stops_at_the_target_and_writes_its_figures(corpus, tm
     assert figures["target_reached"] and figures["steps"] == 2  # the first evaluation is under 100
     assert figures["time_to_target_s"] > 0 and figures["tokens_per_sec"] > 0
     assert 0 < figures["final_val_loss"] < 100 and 0 < figures["mfu"] < 1
+    assert 100 < figures["peak_rss_mb"] < 4096 and figures["peak_cuda_mb"] is None  # torch alone is over 100 MB
 
 
 def test_gpu_script_arguments_run_on_cpu_with_a_small_model(corpus):
