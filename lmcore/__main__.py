@@ -21,7 +21,7 @@ from lmcore.tokenizer import TextTokenizer
 from lmcore.train import resolve_device
 
 
-def parse_device(name: str) -> torch.device:
+def device_argument(name: str) -> torch.device:
     try:
         return resolve_device(name)
     except ValueError as error:
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--top-p", type=float, default=1.0)
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--num-samples", type=int, default=1)
-    sample.add_argument("--device", type=parse_device, default="cpu", help=device_help)
+    sample.add_argument("--device", type=device_argument, default="cpu", help=device_help)
 
     score = commands.add_parser(
         "evaluate", help="loss, perplexity, bits per byte and next-token accuracy of a model on a text file"
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     score.add_argument("--windows", type=int, default=400, help="evenly spaced windows over the text (default 400)")
     score.add_argument("--block-size", type=int, default=0, help="window length in tokens; default: the model's")
     score.add_argument("--batch-size", type=int, default=32)
-    score.add_argument("--device", type=parse_device, default="cpu", help=device_help)
+    score.add_argument("--device", type=device_argument, default="cpu", help=device_help)
 
     args = parser.parse_args(argv)
     (run_generate if args.command == "generate" else run_evaluate)(parser, args)

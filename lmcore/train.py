@@ -94,12 +94,7 @@ class TrainConfig:
         if self.peak_flops < 0:
             raise ValueError(f"peak_flops must be >= 0 (0 measures it), got {self.peak_flops}")
         if self.device != "auto":
-            try:
-                torch.device(self.device)
-            except RuntimeError:
-                raise ValueError(
-                    f"device={self.device!r} is not a torch device (auto, cpu, cuda, cuda:1, mps)"
-                ) from None
+            parse_device(self.device)  # a config may be written on a machine other than the one it runs on
         check_choices(self)
         if self.batch_threads < 0:
             raise ValueError(f"batch_threads must be >= 0 (0 is auto), got {self.batch_threads}")
@@ -139,13 +134,18 @@ def batch_generator(seed: int, step: int, slot: int) -> torch.Generator:
     return torch.Generator().manual_seed(hash((seed, step, slot)) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
+def parse_device(name: str) -> torch.device:
+    """A named torch device, whether or not this machine has it; a misspelt name is a ValueError."""
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device={name!r} is not a torch device (auto, cpu, cuda, cuda:1, mps)") from None
+
+
 def resolve_device(name: str) -> torch.device:
     """`auto` is cuda, then mps, then cpu; a named device that this machine lacks is a ValueError."""
     if name != "auto":
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise ValueError(f"device={name!r} is not a torch device (auto, cpu, cuda, cuda:1, mps)") from None
+        device = parse_device(name)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device={name!r}, but this torch sees no CUDA GPU")
         if device.type == "mps" and not torch.backends.mps.is_available():
