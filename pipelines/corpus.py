@@ -147,14 +147,6 @@ class DecodedStream(io.TextIOBase):
         return out
 
 
-def _iter_lines(location: str) -> Iterator[str]:
-    pending = ""
-    for block in _iter_decoded(location):
-        *complete, pending = (pending + block).split("\n")
-        yield from complete
-    yield pending
-
-
 def iter_text_documents(location: str, rule: Literal["blank_line", "line", "file"]) -> Iterator[tuple[int, str]]:
     """(first line, document) of a plain-text file, split by `rule`, without holding the whole file."""
     if rule == "file":
@@ -209,7 +201,7 @@ def iter_table_rows(location: str, columns: list[str], chunk_rows: int) -> Itera
 def _iter_jsonl_rows(location: str, columns: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
     """JSON Lines parsed one line at a time, so that a bad line is named by its number."""
     rows: list[list[Any]] = []
-    for number, line in enumerate(_iter_lines(location), start=1):
+    for number, line in iter_text_documents(location, "line"):
         if not line.strip():
             continue
         try:
