@@ -52,10 +52,11 @@ def stage_order(root: Path) -> list[str]:
 
 def apply_overrides(root: Path, overrides: dict[str, object]) -> list[str]:
     """Write `key=value` overrides into params.yaml the way `dvc exp run -S` does."""
-    import yaml
     from dvc.utils.hydra import apply_overrides as hydra_apply
 
-    params = yaml.safe_load((root / "params.yaml").read_text()) or {}
+    from pipelines.params import read_yaml
+
+    params = read_yaml(root / "params.yaml") or {}
     for key in overrides:
         node = params
         for part in key.split("."):

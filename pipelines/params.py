@@ -7,6 +7,7 @@ are the dataclasses below. An unknown or missing key is a ValueError naming it, 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -206,7 +207,7 @@ def load_params(path: str | Path | None = None) -> Params:
     path = Path(path) if path is not None else Path.cwd() / PARAMS_FILE
     if not path.exists():
         raise ValueError(f"{path} not found: run stages from the project root")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path) or {}
     try:
         sections = [f.name for f in fields(Params)]
         unknown = sorted(set(raw) - set(sections))
@@ -275,8 +276,40 @@ def check_fractions(**fractions: float) -> None:
         raise ValueError(f"{' + '.join(fractions)} = {sum(fractions.values())} leaves no training documents")
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats.
+
+    PyYAML implements YAML 1.1, where a float needs a dot: `1e-05` is the string '1e-05'. DVC
+    reads and writes params.yaml as YAML 1.2 (ruamel), and `dvc exp run -S pretrain.min_lr=1e-5`
+    writes `min_lr: 1e-05`: without this, that value would be refused as "not a number".
+    """
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file as DVC reads it (1e-5 is a number); a syntax error is a ValueError naming the file."""
+    try:
+        with open(path, encoding="utf-8") as stream:  # a stream, so that the error's position names the file
+            return yaml.load(stream, Loader=_Yaml12Loader)  # a SafeLoader: no Python objects
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML: {error}") from None
+
+
 def load_raw_params(path: str | Path | None = None) -> dict[str, Any]:
-    return yaml.safe_load((Path(path) if path else Path.cwd() / PARAMS_FILE).read_text()) or {}
+    return read_yaml(Path(path) if path else Path.cwd() / PARAMS_FILE) or {}
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -29,9 +29,8 @@ import mlflow
 import pandas as pd
 import psutil
 import requests
-import yaml
 
-from pipelines.params import ROOT, flatten
+from pipelines.params import ROOT, flatten, read_yaml
 
 logger = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", module="sqlalchemy")
@@ -96,10 +95,10 @@ def _git(*args: str) -> str:
 
 def dependency_hashes(stage: str) -> dict[str, str]:
     """The DVC hash of each input of `stage`: from dvc.lock for upstream outputs, md5 for files."""
-    dvc_yaml = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    dvc_yaml = read_yaml(ROOT / "dvc.yaml")
     deps = dvc_yaml["stages"][stage].get("deps", [])
     lock_path = ROOT / "dvc.lock"
-    lock = yaml.safe_load(lock_path.read_text()) if lock_path.exists() else {}
+    lock = read_yaml(lock_path) if lock_path.exists() else {}
     recorded = {}
     for entry in (lock or {}).get("stages", {}).values():
         for out in entry.get("outs", []):

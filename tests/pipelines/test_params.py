@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.params import flatten, load_params
+from pipelines.params import flatten, load_params, load_raw_params
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -136,3 +136,25 @@ def test_the_lm_metrics_named_for_early_stopping_are_what_evaluate_lm_reports():
 
     data = np.arange(200) % 40
     assert set(evaluate_lm(tiny_model("lstm"), data, 16, num_windows=4, bytes_per_token=1.0)) == set(LM_EVAL_METRICS)
+
+
+def test_exponent_floats_load_as_dvc_writes_them(tmp_path):
+    """`dvc exp run -S pretrain.min_lr=1e-5` writes `min_lr: 1e-05`, a string to YAML 1.1 readers."""
+    from dvc.utils.hydra import apply_overrides
+
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text())
+    apply_overrides(str(path), ["pretrain.min_lr=1e-5", "pretrain.learning_rate=3e-4", "finetune.train.min_lr=2E-5"])
+    assert "min_lr: 1e-05" in path.read_text()
+    params = load_params(path)
+    assert (params.pretrain.min_lr, params.pretrain.learning_rate) == (1e-5, 3e-4)
+    assert params.finetune.train.min_lr == 2e-5
+    assert load_raw_params(path)["pretrain"]["min_lr"] == 1e-5
+    assert params.ingest.split_salt == "lmcore-split-v1"  # strings stay strings
+
+
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("pretrain:\n  learning_rate: [0.1\n")
+    with pytest.raises(ValueError, match=r'(?s)params.yaml is not valid YAML: .*in ".*params.yaml", line 2, column 18'):
+        load_params(path)
