@@ -24,6 +24,7 @@ class SequenceClassifier(nn.Module):
         if pooling not in ("mean", "last"):
             raise ValueError(f"pooling must be 'mean' or 'last', got {pooling!r}")
         self.backbone = backbone
+        self.backbone_frozen = False
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(backbone.n_embd, num_classes)
@@ -42,8 +43,19 @@ class SequenceClassifier(nn.Module):
         return self.head(self.dropout(pooled))
 
     def freeze_backbone(self) -> None:
+        """A linear probe: only the head trains, on the backbone's deterministic features."""
         for p in self.backbone.parameters():
             p.requires_grad_(False)
+        self.backbone_frozen = True
+        self.backbone.eval()
+
+    def train(self, mode: bool = True) -> SequenceClassifier:
+        # A frozen backbone stays in eval mode: with its dropout on, the head would train on
+        # noisy features and be evaluated on clean ones.
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.eval()
+        return self
 
     def num_params(self, non_embedding: bool = True) -> int:
         return self.backbone.num_params(non_embedding) + sum(p.numel() for p in self.head.parameters())

@@ -111,6 +111,19 @@ def test_classifier_freeze_backbone_leaves_only_the_head():
     assert trainable == {"head.weight", "head.bias"}
 
 
+@pytest.mark.parametrize("name", ["gpt", "lstm"])
+def test_a_frozen_backbone_gives_the_head_the_same_features_in_training(name):
+    """A linear probe trains on the features it is evaluated on: no backbone dropout."""
+    model = SequenceClassifier(tiny_model(name, dropout=0.5), num_classes=2, dropout=0.5)
+    idx = torch.randint(0, 48, (4, 10))
+    model.train()
+    assert not torch.equal(model.backbone.features(idx), model.backbone.features(idx))  # dropout is on
+    model.freeze_backbone()
+    model.train()
+    assert model.training and model.dropout.training and not model.backbone.training
+    assert torch.equal(model.backbone.features(idx), model.eval().backbone.features(idx))
+
+
 def test_relu_squared_matches_autograd_composite():
     x = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(ReLUSquared.apply, (x,))
