@@ -118,6 +118,17 @@ class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """`should_stop` asked for a stop: the step in progress finished and, with a checkpoint_dir,
+    was checkpointed, so the same call resumes there. A KeyboardInterrupt, as a Ctrl-C is."""
+
+    def __init__(self, step: int, checkpoint: Path | None) -> None:
+        where = f"checkpoint {checkpoint} resumes it" if checkpoint else "no checkpoint_dir, nothing saved"
+        super().__init__(f"training stopped on request at step {step}; {where}")
+        self.step = step
+        self.checkpoint = checkpoint
+
+
 def get_lr(step: int, config: TrainConfig) -> float:
     """Linear warmup to learning_rate, then cosine decay to min_lr, then flat."""
     if step < config.warmup_steps:
@@ -350,8 +361,14 @@ def train(
     log: LogFn | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_extra: dict[str, Any] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
-    """Train `model` in place for `config.max_steps` optimizer steps; resume from checkpoint_dir."""
+    """Train `model` in place for `config.max_steps` optimizer steps; resume from checkpoint_dir.
+
+    `should_stop` (say, a signal handler's `threading.Event.is_set`) is asked once per step: when
+    it answers True on any rank, every rank finishes that step, a checkpoint is written and
+    TrainingInterrupted is raised, so a preempted or cancelled run loses no finished step.
+    """
     if config.early_stopping_patience and evaluate is None:
         raise ValueError(
             f"early_stopping_patience={config.early_stopping_patience} needs an `evaluate` function"
@@ -442,7 +459,7 @@ def train(
         )
 
     eval_metrics: dict[str, float] = {}
-    train_loss, stopped_early = float("nan"), False
+    train_loss, stopped_early, stop_requested = float("nan"), False, False
     tokens_since_log, steps_since_log, time_since_log = 0, 0, 0.0
     raw_model.train()
     # With shard threads the steps run the main thread on one intra-op thread: it only joins the
@@ -454,6 +471,9 @@ def train(
     try:
         while True:
             final = step >= config.max_steps
+            if stop_requested and not final:
+                write_checkpoint()
+                raise TrainingInterrupted(step, checkpoint_path)
             if (
                 evaluate is not None
                 and step != last_eval_step
@@ -501,8 +521,11 @@ def train(
                     loss = compute_loss(model, batch) / config.grad_accum_steps
                 scaler.scale(loss).backward()
                 loss_sum += loss.detach()
-            if world_size > 1:
-                dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+            stop_requested = should_stop is not None and bool(should_stop())
+            if world_size > 1:  # the stop request rides on the loss's all-reduce: every rank stops at one step
+                shared = torch.stack([loss_sum, torch.tensor(float(stop_requested), device=device)])
+                dist.all_reduce(shared, op=dist.ReduceOp.AVG)
+                loss_sum, stop_requested = shared[0], bool(shared[1] > 0)
             train_loss = loss_sum.item()
             if not math.isfinite(train_loss):
                 optimizer.zero_grad(set_to_none=True)

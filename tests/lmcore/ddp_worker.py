@@ -4,6 +4,9 @@ Under torchrun each of the 2 ranks takes micro-batches of 4; alone, one process 
 micro-batches of 4, the same global batch. The evaluation inside training (LM metrics and class
 predictions from the pooled backbone) is split across the ranks; each rank writes how many
 windows and texts its model saw during evaluation.
+
+With a checkpoint folder and a rank as further arguments, that rank alone asks to stop during
+step 4 (as a signal handler would); every rank must stop at the same step boundary.
 """
 
 import json
@@ -15,11 +18,11 @@ import torch
 from lmcore.data import get_batch
 from lmcore.evaluate import evaluate_lm, predict_classes
 from lmcore.models import SequenceClassifier
-from lmcore.train import TrainConfig, lm_loss, train
+from lmcore.train import TrainConfig, TrainingInterrupted, lm_loss, train
 from tests.lmcore.helpers import make_labeled, tiny_model, token_stream
 
 
-def main(out: str) -> None:
+def main(out: str, checkpoint_dir: str | None = None, stopping_rank: int | None = None) -> None:
     torch.set_num_threads(1)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -52,7 +55,27 @@ def main(out: str) -> None:
         peak_flops=1e9,
         device="cpu",
     )
-    train(model, config, lambda g: get_batch(data, 4, 16, g), lm_loss, evaluate)
+    steps_asked = []
+
+    def should_stop() -> bool:
+        steps_asked.append(len(steps_asked))
+        return rank == stopping_rank and len(steps_asked) == 5  # during step 4
+
+    try:
+        train(
+            model,
+            config,
+            lambda g: get_batch(data, 4, 16, g),
+            lm_loss,
+            evaluate,
+            None,
+            checkpoint_dir,
+            None,
+            should_stop,
+        )
+    except TrainingInterrupted as stop:
+        with open(f"{out}.rank{rank}.stopped", "w") as f:
+            f.write(str(stop.step))
     with open(f"{out}.rank{rank}.json", "w") as f:
         json.dump({"evaluations": evaluations, "rows_seen": rows_seen}, f)
     if rank == 0:
@@ -62,4 +85,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], *sys.argv[2:3], *[int(a) for a in sys.argv[3:4]])

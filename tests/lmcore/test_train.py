@@ -10,6 +10,7 @@ from lmcore.models import SequenceClassifier
 from lmcore.train import (
     TrainConfig,
     TrainingDivergedError,
+    TrainingInterrupted,
     classification_loss,
     get_lr,
     lm_loss,
@@ -109,6 +110,48 @@ def test_resume_after_interruption_is_exact(tmp_path, name, dtype, batch_threads
     assert scaler_state == load_checkpoint(tmp_path / "ref" / CHECKPOINT_NAME)["scaler"]
     if dtype == "float16":
         assert scaler_state["_growth_tracker"] == 16
+
+
+def test_a_stop_request_checkpoints_the_finished_step_and_resumes_exactly(tmp_path):
+    """As a SIGTERM handler would: the step in progress ends, is checkpointed, and training stops."""
+    cfg = TrainConfig(**{**BASE.__dict__, "max_steps": 16, "checkpoint_interval": 100, "device": "cpu"})
+
+    def evaluate(model):
+        return evaluate_lm(model, DATA, 16, num_windows=8)
+
+    torch.manual_seed(0)
+    reference = tiny_model("gpt")
+    _, ref_logs = run(reference, cfg, evaluate=evaluate)
+
+    asked = []
+
+    def stop_during_step_7():
+        asked.append(len(asked))
+        return len(asked) == 8  # asked once per step, after its backward: steps 0..7 run
+
+    torch.manual_seed(0)
+    with pytest.raises(TrainingInterrupted, match=r"stopped on request at step 8; checkpoint .* resumes it") as stop:
+        run(tiny_model("gpt"), cfg, evaluate=evaluate, checkpoint_dir=tmp_path, should_stop=stop_during_step_7)
+    assert stop.value.step == 8 and isinstance(stop.value, KeyboardInterrupt)
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == 8  # no periodic checkpoint before step 100
+
+    torch.manual_seed(123)
+    resumed = tiny_model("gpt")
+    _, resumed_logs = run(resumed, cfg, evaluate=evaluate, checkpoint_dir=tmp_path, should_stop=lambda: False)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    ref_losses = {s: m["train/loss"] for s, m in ref_logs if s > 8 and "train/loss" in m}
+    assert ref_losses == {s: m["train/loss"] for s, m in resumed_logs if "train/loss" in m}
+    ref_evals = {s: m for s, m in ref_logs if "val/loss" in m}
+    assert {s: m for s, m in resumed_logs if "val/loss" in m} == {s: m for s, m in ref_evals.items() if s >= 10}
+
+
+def test_a_stop_request_without_a_checkpoint_dir_still_stops_at_a_step_boundary():
+    model = tiny_model("lstm")
+    with pytest.raises(TrainingInterrupted, match="at step 1; no checkpoint_dir, nothing saved"):
+        run(model, BASE, should_stop=lambda: True)
+    finished = run(tiny_model("lstm"), TrainConfig(**{**BASE.__dict__, "max_steps": 1}), should_stop=lambda: True)
+    assert finished[0].step == 1  # a request during the last step changes nothing
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
