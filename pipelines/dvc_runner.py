@@ -108,11 +108,16 @@ def run_stage(
     )
     lines: list[str] = []
     assert process.stdout is not None
-    for line in process.stdout:
-        line = line.rstrip("\n")
-        lines.append(line)
-        on_line(line)
-    returncode = process.wait()
+    try:
+        for line in process.stdout:
+            line = line.rstrip("\n")
+            lines.append(line)
+            on_line(line)
+        returncode = process.wait()
+    except BaseException:  # a cancelled or interrupted flow run: stop `dvc repro`, and with it the stage
+        process.terminate()
+        process.wait()
+        raise
     output = "\n".join(lines[-60:])
     if returncode != 0:
         if VALIDATION_FAILED in output:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import ctypes
 import logging
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +18,10 @@ from lmcore.train import LogFn
 
 OUTPUTS = Path("outputs")
 logger = logging.getLogger("pipelines")
+# SIGHUP is also what the kernel sends a stage whose `dvc repro` died (see die_with_parent).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+RECEIVED_SIGNALS: list[int] = []  # for the exit code: 128 + the signal's number
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def stage_dir(stage: str) -> Path:
@@ -39,11 +46,68 @@ def swap_in(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+class StageInterrupted(KeyboardInterrupt):
+    """A stop signal outside training, or a second SIGINT or SIGTERM during it: the stage stops at once."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"{signal.Signals(signum).name} received")
+        self.signum = signum
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    RECEIVED_SIGNALS.append(signum)
+    raise StageInterrupted(signum)
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[Callable[[], bool]]:
+    """A `should_stop` for lmcore's `train`: inside, a first SIGINT, SIGTERM or SIGHUP asks
+    training to finish its step and checkpoint it (where the stage keeps checkpoints) before stopping.
+
+    A cluster's preemption, a Prefect cancellation, a Ctrl-C or a killed `dvc repro` then loses no
+    finished step; a second SIGINT or SIGTERM stops at once. A repeated SIGHUP does not: the
+    kernel may send the parent-death signal more than once (once per exiting thread of the parent).
+    """
+    requested = threading.Event()
+
+    def ask(signum: int, frame: object) -> None:
+        if requested.is_set():
+            if signum == signal.SIGHUP:
+                return
+            _interrupt(signum, frame)
+        RECEIVED_SIGNALS.append(signum)
+        requested.set()
+        logger.warning(
+            "%s: stopping after the current training step; send it again to stop at once", signal.Signals(signum).name
+        )
+
+    previous = {signum: signal.signal(signum, ask) for signum in STOP_SIGNALS}
+    try:
+        yield requested.is_set
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def die_with_parent() -> None:
+    """On Linux, have the kernel send this process SIGHUP when its parent exits.
+
+    `dvc repro` does not pass a SIGTERM on to the stage command it runs: a killed `dvc repro`
+    left its stage training on, orphaned, writing outputs that DVC no longer tracked.
+    """
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGHUP)
+
+
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's main; a user error prints one clear line and exits 2, a lost connection exits 1."""
+    """Run a stage's main; a user error prints one clear line and exits 2, a lost connection exits 1,
+    a stop signal exits 128 + the signal's number after the MLflow run is marked KILLED."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     for noisy in ("alembic", "mlflow", "great_expectations", "urllib3", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for signum in STOP_SIGNALS:  # SIGTERM would otherwise end the process without a word or a cleanup
+        signal.signal(signum, _interrupt)
+    die_with_parent()
     try:
         main()
     except ValueError as error:
@@ -52,6 +116,10 @@ def run_stage(main: Callable[[], None]) -> None:
     except ConnectionError as error:  # say, the tracking server: worth retrying, so not exit 2
         logger.error("%s", error)
         sys.exit(1)
+    except KeyboardInterrupt as stop:  # lmcore's TrainingInterrupted, or StageInterrupted
+        signum = RECEIVED_SIGNALS[-1] if RECEIVED_SIGNALS else signal.SIGINT
+        logger.error("stopped: %s", stop or signal.Signals(signum).name)
+        sys.exit(128 + signum)
 
 
 def fan_out(*sinks: LogFn) -> LogFn:

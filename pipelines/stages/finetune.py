@@ -34,6 +34,7 @@ from pipelines.stages.common import (
     open_stream,
     run_stage,
     stage_dir,
+    stop_requests,
 )
 
 
@@ -47,14 +48,16 @@ def lm_adapt(model: nn.Module, params: Params, tokenizer_sha: str, log, label: s
     config = dataclasses.replace(
         params.finetune.train, max_steps=params.finetune.lm_steps, batch_size=batch_size, early_stopping_patience=0
     )
-    result = train(
-        model,
-        config,
-        lambda g: get_batch(train_data, batch_size, block_size, g),
-        lm_loss,
-        evaluate=lm_evaluator("labeled_validation", tokenizer_sha, block_size, params),
-        log=fan_out(log, Progress(config.max_steps, label)),
-    )
+    with stop_requests() as should_stop:  # no checkpoints here: a stop still ends the step and says so
+        result = train(
+            model,
+            config,
+            lambda g: get_batch(train_data, batch_size, block_size, g),
+            lm_loss,
+            evaluate=lm_evaluator("labeled_validation", tokenizer_sha, block_size, params),
+            log=fan_out(log, Progress(config.max_steps, label)),
+            should_stop=should_stop,
+        )
     return {"lm_val": result.eval_metrics, "lm_steps": result.step}
 
 
@@ -75,14 +78,16 @@ def classify(backbone: nn.Module, params: Params, pad_id: int, log, label: str) 
     config: TrainConfig = ft.train
     sampler = LengthBucketSampler(train_set, pad_id, ft.max_len, ft.length_buckets)
     start = time.perf_counter()
-    result = train(
-        model,
-        config,
-        lambda g: sampler(config.batch_size, g),
-        classification_loss,
-        evaluate=evaluate,
-        log=fan_out(log, Progress(config.max_steps, label)),
-    )
+    with stop_requests() as should_stop:
+        result = train(
+            model,
+            config,
+            lambda g: sampler(config.batch_size, g),
+            classification_loss,
+            evaluate=evaluate,
+            log=fan_out(log, Progress(config.max_steps, label)),
+            should_stop=should_stop,
+        )
     return model, {
         "val": evaluate(model.eval()),
         "steps": result.step,

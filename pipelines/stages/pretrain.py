@@ -34,6 +34,7 @@ from pipelines.stages.common import (
     open_stream,
     run_stage,
     stage_dir,
+    stop_requests,
 )
 
 GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 0.8, "top_k": 50, "top_p": 1.0, "seed": 0}
@@ -91,16 +92,20 @@ def main() -> None:
             history = MetricHistory()
             curve = CurveWriter(out / "curve.tsv", CURVE_COLUMNS)
             start = time.perf_counter()
-            result = train(
-                model,
-                params.pretrain,
-                lambda g: get_batch(train_data, batch_size, block_size, g),
-                lm_loss,
-                evaluate=lm_evaluator("pretrain_validation", tokenizer.sha256(), block_size, params),
-                log=fan_out(tracking.metric_logger(), curve, history, Progress(params.pretrain.max_steps, "pretrain")),
-                checkpoint_dir=checkpoint_dir,
-                checkpoint_extra={"fingerprint": fingerprint, "tokenizer_sha256": tokenizer.sha256()},
-            )
+            with stop_requests() as should_stop:  # a SIGTERM checkpoints the finished step, and the next run resumes it
+                result = train(
+                    model,
+                    params.pretrain,
+                    lambda g: get_batch(train_data, batch_size, block_size, g),
+                    lm_loss,
+                    evaluate=lm_evaluator("pretrain_validation", tokenizer.sha256(), block_size, params),
+                    log=fan_out(
+                        tracking.metric_logger(), curve, history, Progress(params.pretrain.max_steps, "pretrain")
+                    ),
+                    checkpoint_dir=checkpoint_dir,
+                    checkpoint_extra={"fingerprint": fingerprint, "tokenizer_sha256": tokenizer.sha256()},
+                    should_stop=should_stop,
+                )
             curve.close()
             extra = {
                 "tokenizer_sha256": tokenizer.sha256(),

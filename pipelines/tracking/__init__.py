@@ -145,7 +145,11 @@ def stage_run(
         items = list(flat.items())
         for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             mlflow.log_params(dict(items[start : start + 100]))
-        yield run
+        try:
+            yield run
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM, a stop request: MLflow's own exit would say FAILED
+            mlflow.end_run("KILLED")
+            raise
         # Whole process time (interpreter start, imports, tracking, the work): set against the
         # stage's own `timing/compute_seconds` to measure what is spent outside model computation.
         mlflow.log_metric("timing/process_seconds", time.time() - psutil.Process().create_time())

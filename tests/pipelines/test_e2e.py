@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
+import signal
+import subprocess
+import sys
 import time
 import warnings
 
@@ -12,7 +16,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.pipelines.conftest import dvc
+from lmcore.checkpoint import load_checkpoint
+from tests.pipelines.conftest import dvc, project_env
 
 pytestmark = pytest.mark.e2e
 STAGES = ["ingest", "validate", "tokenizer", "pretrain", "finetune", "evaluate"]
@@ -116,6 +121,47 @@ def test_pretraining_again_from_scratch_gives_the_same_weights(tiny_project):
     shutil.rmtree(tiny_project / "outputs/pretrain/checkpoints")  # no checkpoint to resume from
     dvc(tiny_project, "repro", "--force", "--single-item", "pretrain")
     assert hashlib.sha256(weights.read_bytes()).hexdigest() == before
+
+
+def test_a_terminated_dvc_repro_stops_its_stage_at_a_checkpointed_step(tiny_project):
+    """SIGTERM to `dvc repro` (a scheduler's preemption, a `kill`): DVC does not pass it on, so
+    the stage must notice its parent's death, finish its step, checkpoint it and mark its run."""
+    params_path, pretrain = tiny_project / "params.yaml", tiny_project / "outputs/pretrain"
+    original = params_path.read_text()
+    backup = tiny_project.parent / "pretrain-before-sigterm"
+    shutil.copytree(pretrain, backup)
+    params = yaml.safe_load(original)
+    params["pretrain"].update(max_steps=10**6, checkpoint_interval=10**6, eval_interval=20)
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.rmtree(pretrain / "checkpoints")
+    command = [sys.executable, "-m", "dvc", "repro", "--single-item", "pretrain"]
+    process = subprocess.Popen(
+        command, cwd=tiny_project, env=project_env(tiny_project), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    head = []
+    try:
+        for line in process.stdout:  # the stage writes to dvc's stdout: it is training once it logs a step
+            head.append(line.decode())
+            if "pretrain step 20/" in head[-1]:
+                break
+        process.send_signal(signal.SIGTERM)
+        # The stage holds the pipe open too: its end is the stage's exit.
+        rest = process.communicate(timeout=60)[0].decode()
+    finally:
+        process.kill()
+        params_path.write_text(original)
+    try:
+        stopped = re.search(r"stopped: training stopped on request at step (\d+); checkpoint (\S+) resumes it", rest)
+        assert stopped, "".join(head) + rest
+        assert "SIGHUP: stopping after the current training step" in rest  # the parent-death signal
+        assert load_checkpoint(tiny_project / stopped[2])["step"] == int(stopped[1]) > 20
+        mlflow, client = mlflow_client(tiny_project)
+        experiment = client.get_experiment_by_name("lmcore-test")
+        (latest,) = client.search_runs([experiment.experiment_id], "tags.stage = 'pretrain'", max_results=1)
+        assert latest.info.status == "KILLED"
+    finally:
+        shutil.rmtree(pretrain)
+        shutil.copytree(backup, pretrain)
 
 
 def test_misspelled_params_key_is_an_error_naming_it(tiny_project):

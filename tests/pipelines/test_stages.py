@@ -1,10 +1,13 @@
+import os
+import signal
+
 import numpy as np
 import pytest
 import torch
 
 from lmcore.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from lmcore.data import write_token_stream
-from pipelines.stages.common import lm_evaluator
+from pipelines.stages.common import StageInterrupted, lm_evaluator, stop_requests
 from pipelines.stages.pretrain import discard_stale_checkpoint
 
 
@@ -35,3 +38,15 @@ def test_only_a_readable_checkpoint_of_the_same_settings_is_kept_for_resuming(tm
     discard_stale_checkpoint(checkpoints, "abc")
     assert not checkpoints.exists()
     assert (tmp_path / "checkpoints.stale" / CHECKPOINT_NAME).read_bytes() == b"half a checkpoint"
+
+
+def test_a_first_stop_signal_asks_training_to_stop_and_a_second_stops_at_once():
+    outside = signal.getsignal(signal.SIGTERM)
+    with stop_requests() as should_stop:
+        assert not should_stop()
+        os.kill(os.getpid(), signal.SIGHUP)  # the kernel's parent-death signal, maybe more than once
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert should_stop()
+        with pytest.raises(StageInterrupted, match="SIGTERM received"):
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is outside
