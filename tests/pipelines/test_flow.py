@@ -65,6 +65,21 @@ def test_run_stage_streams_output_and_reports_failure(tmp_path):
         run_stage(root, "refused", False, lines.append)
 
 
+def test_an_interrupted_task_stops_its_dvc_repro(tmp_path):
+    """A cancelled flow run must not leave `dvc repro` (and so its stage) running on."""
+    import psutil
+
+    root = dvc_project(tmp_path, {"slow": {"cmd": "echo started && sleep 30"}})
+
+    def interrupt_once_started(line: str) -> None:
+        if "started" in line:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(root, "slow", False, interrupt_once_started)
+    assert not [p.cmdline() for p in psutil.Process().children() if "repro" in p.cmdline()]
+
+
 def test_task_body_runs_without_a_server(tmp_path):
     root = dvc_project(tmp_path, {"only": {"cmd": "echo x > y", "outs": ["y"]}})
     outcome = run_stage_task.fn(str(root), "only", False, {})
