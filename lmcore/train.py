@@ -388,7 +388,8 @@ def train(
     optimizer = build_optimizer(raw_model, config, device)
     params = [p for g in optimizer.param_groups for p in g["params"]]  # fixed for the run: clipped every step
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    step, last_eval_step, best_metric, bad_evals, best_state = 0, -1, None, 0, None
+    step, last_eval_step, best_metric, bad_evals, best_state, stopped_early = 0, -1, None, 0, None, False
+    train_loss, eval_metrics = float("nan"), {}
     checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if checkpoint_path is not None and checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path)
@@ -398,6 +399,10 @@ def train(
         scaler.load_state_dict(state["scaler"])
         step, last_eval_step = state["step"], state["last_eval_step"]
         best_metric, bad_evals, best_state = state["best_metric"], state["bad_evals"], state["best_model"]
+        # A run that had stopped early stays stopped, instead of training on past its stop; a
+        # finished run, resumed, reports its last figures.
+        stopped_early = bool(config.early_stopping_patience) and bad_evals >= config.early_stopping_patience
+        train_loss, eval_metrics = state.get("train_loss", train_loss), state.get("eval_metrics", eval_metrics)
         torch.set_rng_state(state["rng_cpu"][rank] if rank < len(state["rng_cpu"]) else state["rng_cpu"][0])
         if device.type == "cuda" and state.get("rng_cuda"):
             torch.cuda.set_rng_state(state["rng_cuda"][min(rank, len(state["rng_cuda"]) - 1)], device)
@@ -451,6 +456,8 @@ def train(
                 "best_metric": best_metric,
                 "bad_evals": bad_evals,
                 "best_model": best_state,
+                "train_loss": train_loss,
+                "eval_metrics": eval_metrics,
                 "rng_cpu": rng_cpu,
                 "rng_cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else [],
                 "config": {k: v for k, v in config.__dict__.items()},
@@ -458,8 +465,7 @@ def train(
             },
         )
 
-    eval_metrics: dict[str, float] = {}
-    train_loss, stopped_early, stop_requested = float("nan"), False, False
+    stop_requested = False
     tokens_since_log, steps_since_log, time_since_log = 0, 0, 0.0
     raw_model.train()
     # With shard threads the steps run the main thread on one intra-op thread: it only joins the

@@ -192,7 +192,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
-def test_classifier_finetuning_learns_and_early_stops():
+def test_classifier_finetuning_learns_and_early_stops(tmp_path):
     from lmcore.evaluate import classification_metrics, predict_classes
 
     train_set, dev_set = make_labeled(1024, 0), make_labeled(64, 1)
@@ -215,10 +215,33 @@ def test_classifier_finetuning_learns_and_early_stops():
         early_stopping_mode="max",
         peak_flops=1e9,
     )
-    result = train(model, cfg, lambda g: get_labeled_batch(train_set, 16, 0, 16, g), classification_loss, evaluate)
+
+    def batches(generator):
+        return get_labeled_batch(train_set, 16, 0, 16, generator)
+
+    result = train(model, cfg, batches, classification_loss, evaluate, checkpoint_dir=tmp_path)
     assert result.stopped_early and result.step < 400
     assert result.best_metric >= 0.9
     assert evaluate(model.eval())["accuracy"] == result.best_metric  # best weights restored
+
+    # Called again on its checkpoint, the stopped run stays stopped and reports the same figures.
+    again = SequenceClassifier(tiny_model("gpt"), 2)
+    assert train(again, cfg, batches, classification_loss, evaluate, checkpoint_dir=tmp_path) == result
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == result.step
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True))
+
+
+def test_a_finished_run_called_again_reports_its_figures_without_training(tmp_path):
+    def evaluate(model):
+        return evaluate_lm(model, DATA, 16, num_windows=8)
+
+    first, _ = run(
+        tiny_model("lstm"), TrainConfig(**{**BASE.__dict__, "max_steps": 6}), evaluate=evaluate, checkpoint_dir=tmp_path
+    )
+    again, logs = run(
+        tiny_model("lstm"), TrainConfig(**{**BASE.__dict__, "max_steps": 6}), evaluate=evaluate, checkpoint_dir=tmp_path
+    )
+    assert again == first and first.eval_metrics and logs == []
 
 
 def test_frozen_backbone_trains_only_the_head():
