@@ -99,6 +99,29 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGHUP)
 
 
+def discard_stale_checkpoints(checkpoint_dir: Path, fingerprint: str) -> None:
+    """Move aside checkpoints that this run must not resume: made with other settings, or unreadable.
+
+    `fingerprint` names the settings and inputs; every checkpoint under `checkpoint_dir` (one per
+    training phase) carries the one it was made with. One stale phase makes the whole folder stale.
+    """
+    from lmcore.checkpoint import CHECKPOINT_NAME, load_checkpoint
+
+    reason = None
+    for path in sorted(checkpoint_dir.rglob(CHECKPOINT_NAME)):
+        try:
+            if load_checkpoint(path).get("fingerprint") != fingerprint:
+                reason = f"{path} was made with other settings"
+        except ValueError:
+            reason = f"{path} is unreadable"
+        if reason:
+            stale = checkpoint_dir.with_name(checkpoint_dir.name + ".stale")
+            shutil.rmtree(stale, ignore_errors=True)
+            checkpoint_dir.rename(stale)
+            logger.warning("not resuming: %s; moved %s to %s", reason, checkpoint_dir, stale)
+            return
+
+
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's main; a user error prints one clear line and exits 2, a lost connection exits 1,
     a stop signal exits 128 + the signal's number after the MLflow run is marked KILLED."""

@@ -4,12 +4,19 @@
 training on the task's own text; `lm_then_classification` does both in turn (ULMFiT).
 `finetune.init: scratch` starts from random weights; `scratch_baseline` also trains the same
 architecture from scratch, so the value of pretraining is measured, not assumed.
+
+Each training phase checkpoints to its own folder under outputs/finetune/checkpoints, so an
+interrupted stage resumes where it stopped: a finished phase replays from its final checkpoint in
+an instant (weights and random state as they were), the interrupted one continues exactly.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -28,6 +35,7 @@ from pipelines.stages.common import (
     ComputeClock,
     CurveWriter,
     Progress,
+    discard_stale_checkpoints,
     fan_out,
     lm_evaluator,
     logger,
@@ -38,7 +46,7 @@ from pipelines.stages.common import (
 )
 
 
-def lm_adapt(model: nn.Module, params: Params, tokenizer_sha: str, log, label: str) -> dict:
+def lm_adapt(model: nn.Module, params: Params, tokenizer_sha: str, log, label: str, checkpoints: Checkpoints) -> dict:
     """Language-model training on the labeled task's own train text (no labels)."""
     train_data, _ = open_stream("labeled_train", tokenizer_sha)
     # The task's texts are short: windows of finetune.max_len tokens hold several of them.
@@ -48,7 +56,7 @@ def lm_adapt(model: nn.Module, params: Params, tokenizer_sha: str, log, label: s
     config = dataclasses.replace(
         params.finetune.train, max_steps=params.finetune.lm_steps, batch_size=batch_size, early_stopping_patience=0
     )
-    with stop_requests() as should_stop:  # no checkpoints here: a stop still ends the step and says so
+    with stop_requests() as should_stop:
         result = train(
             model,
             config,
@@ -56,12 +64,16 @@ def lm_adapt(model: nn.Module, params: Params, tokenizer_sha: str, log, label: s
             lm_loss,
             evaluate=lm_evaluator("labeled_validation", tokenizer_sha, block_size, params),
             log=fan_out(log, Progress(config.max_steps, label)),
+            checkpoint_dir=checkpoints.folder / "lm",
+            checkpoint_extra=checkpoints.extra,
             should_stop=should_stop,
         )
     return {"lm_val": result.eval_metrics, "lm_steps": result.step}
 
 
-def classify(backbone: nn.Module, params: Params, pad_id: int, log, label: str) -> tuple[SequenceClassifier, dict]:
+def classify(
+    backbone: nn.Module, params: Params, pad_id: int, log, label: str, checkpoint_dir: Path, checkpoints: Checkpoints
+) -> tuple[SequenceClassifier, dict]:
     ft = params.finetune
     streams = stage_dir("tokenizer") / "streams"
     train_set, val_set = load_labeled(streams / "labeled_train.npz"), load_labeled(streams / "labeled_validation.npz")
@@ -86,6 +98,8 @@ def classify(backbone: nn.Module, params: Params, pad_id: int, log, label: str) 
             classification_loss,
             evaluate=evaluate,
             log=fan_out(log, Progress(config.max_steps, label)),
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_extra=checkpoints.extra,
             should_stop=should_stop,
         )
     return model, {
@@ -94,6 +108,23 @@ def classify(backbone: nn.Module, params: Params, pad_id: int, log, label: str) 
         "stopped_early": result.stopped_early,
         "wall_seconds": time.perf_counter() - start,
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoints:
+    """Where the phases checkpoint, and what each checkpoint carries to prove it belongs to this run."""
+
+    folder: Path
+    extra: dict[str, str]
+
+
+def checkpoints_for(params: dict, tokenizer_sha: str, pretrained: Path | None) -> Checkpoints:
+    """The stage's checkpoint folder, with checkpoints of other settings or inputs moved aside."""
+    weights = hashlib.sha256((pretrained / "model.safetensors").read_bytes()).hexdigest() if pretrained else ""
+    fingerprint = hashlib.sha256(json.dumps([params, tokenizer_sha, weights], sort_keys=True).encode()).hexdigest()
+    folder = stage_dir("finetune") / "checkpoints"
+    discard_stale_checkpoints(folder, fingerprint)
+    return Checkpoints(folder, {"fingerprint": fingerprint})
 
 
 def load_backbone(params: Params, tokenizer_sha: str, vocab_size: int) -> tuple[nn.Module, str, dict]:
@@ -131,16 +162,30 @@ def main() -> None:
                 tok_dir / "tokenizer.json", params.tokenizer.eot_token, params.tokenizer.pad_token
             )
             backbone, arch, model_values = load_backbone(params, tokenizer.sha256(), tokenizer.vocab_size)
+            settings = {  # what dvc.yaml lists as this stage's params
+                "finetune": raw["finetune"],
+                "model": raw["model"],
+                "labels": [raw["ingest"]["labeled"]["labels"], raw["ingest"]["labeled"]["label_names"]],
+                "evaluate": [raw["evaluate"]["num_windows"], raw["evaluate"]["batch_size"]],
+            }
+            checkpoints = checkpoints_for(
+                settings, tokenizer.sha256(), pre_dir / "model" if ft.init == "pretrained" else None
+            )
             metrics: dict = {}
             if ft.task in ("lm", "lm_then_classification"):
-                metrics.update(
-                    lm_adapt(backbone, params, tokenizer.sha256(), tracking.metric_logger("lm_adapt/"), "finetune-lm")
-                )
+                lm_log = tracking.metric_logger("lm_adapt/")
+                metrics.update(lm_adapt(backbone, params, tokenizer.sha256(), lm_log, "finetune-lm", checkpoints))
             curve = CurveWriter(out / "curve.tsv", ["train/loss", "val/accuracy", "val/loss"])
             model = backbone
             if ft.task != "lm":
                 model, metrics["classifier"] = classify(
-                    backbone, params, tokenizer.pad_id, fan_out(tracking.metric_logger(), curve), "finetune"
+                    backbone,
+                    params,
+                    tokenizer.pad_id,
+                    fan_out(tracking.metric_logger(), curve),
+                    "finetune",
+                    checkpoints.folder / "classifier",
+                    checkpoints,
                 )
             curve.close()
             extra = {
@@ -162,7 +207,13 @@ def main() -> None:
             with clock.measure():
                 scratch = build_model(arch, build_model_config(arch, model_values))
                 baseline, metrics["scratch"] = classify(
-                    scratch, params, tokenizer.pad_id, tracking.metric_logger("scratch/"), "scratch"
+                    scratch,
+                    params,
+                    tokenizer.pad_id,
+                    tracking.metric_logger("scratch/"),
+                    "scratch",
+                    checkpoints.folder / "scratch",
+                    checkpoints,
                 )
                 export_model(
                     out / "models" / "scratch", baseline, arch, model_values, tok_dir / "tokenizer.json", extra=extra

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 
 import pandas as pd
 import torch
 
-from lmcore.checkpoint import CHECKPOINT_NAME, export_model, load_checkpoint
+from lmcore.checkpoint import export_model
 from lmcore.data import check_block_size, get_batch
 from lmcore.models import build_model, build_model_config
 from lmcore.tokenizer import load_tokenizer
@@ -28,6 +27,7 @@ from pipelines.stages.common import (
     CurveWriter,
     MetricHistory,
     Progress,
+    discard_stale_checkpoints,
     fan_out,
     lm_evaluator,
     logger,
@@ -39,22 +39,6 @@ from pipelines.stages.common import (
 
 GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 0.8, "top_k": 50, "top_p": 1.0, "seed": 0}
 CURVE_COLUMNS = ["train/loss", "val/loss", "train/lr", "train/tokens_per_sec", "train/mfu"]
-
-
-def discard_stale_checkpoint(checkpoint_dir, fingerprint: str) -> None:
-    """Move aside a checkpoint that this run must not resume: other settings, or unreadable."""
-    path = checkpoint_dir / CHECKPOINT_NAME
-    if not path.exists():
-        return
-    try:
-        reason = None if load_checkpoint(path).get("fingerprint") == fingerprint else "made with other settings"
-    except ValueError:
-        reason = "unreadable"
-    if reason:
-        stale = checkpoint_dir.with_name(checkpoint_dir.name + ".stale")
-        shutil.rmtree(stale, ignore_errors=True)
-        checkpoint_dir.rename(stale)
-        logger.warning("not resuming from %s (%s); moved it to %s", path, reason, stale)
 
 
 def main() -> None:
@@ -87,7 +71,7 @@ def main() -> None:
             fingerprint = hashlib.sha256(
                 json.dumps([arch, model_values, raw["pretrain"], tokenizer.sha256()], sort_keys=True).encode()
             ).hexdigest()
-            discard_stale_checkpoint(checkpoint_dir, fingerprint)
+            discard_stale_checkpoints(checkpoint_dir, fingerprint)
 
             history = MetricHistory()
             curve = CurveWriter(out / "curve.tsv", CURVE_COLUMNS)

@@ -256,3 +256,51 @@ def test_dvc_exp_run_tries_another_architecture_beside_the_workspace(tiny_projec
     runs = stage_runs(tiny_project)  # the experiment ran in a temporary copy but logged to the project's store
     assert runs["pretrain"].data.params["model.arch"] == "gpt"
     assert runs["finetune"].data.tags["upstream.pretrain"] == runs["pretrain"].info.run_id
+
+
+def test_an_interrupted_finetune_resumes_every_phase_exactly(tiny_project):
+    """SIGTERM in the classifier phase, then the stage again: the LM phase replays from its final
+    checkpoint, the classifier continues from its stop, and the weights are those of a run that
+    was never interrupted."""
+    params_path, finetune = tiny_project / "params.yaml", tiny_project / "outputs/finetune"
+    original = params_path.read_text()
+    backup = tiny_project.parent / "finetune-before-sigterm"
+    shutil.copytree(finetune, backup)
+    params = yaml.safe_load(original)
+    params["finetune"]["train"].update(max_steps=600, eval_interval=100, checkpoint_interval=10**6)
+    params["finetune"].update(scratch_baseline=False)
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    command = [sys.executable, "-m", "pipelines.stages.finetune"]
+    weights = finetune / "models/finetuned/model.safetensors"
+
+    def run_stage(stop_after: str | None = None) -> str:
+        process = subprocess.Popen(
+            command, cwd=tiny_project, env=project_env(tiny_project), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        head = []
+        try:
+            for line in process.stdout:
+                head.append(line.decode())
+                if stop_after and stop_after in head[-1]:
+                    process.send_signal(signal.SIGTERM)
+                    break
+            return "".join(head) + process.communicate(timeout=120)[0].decode()
+        finally:
+            process.kill()
+
+    try:
+        shutil.rmtree(finetune / "checkpoints", ignore_errors=True)
+        stopped = run_stage(stop_after="finetune step 100/600")
+        assert re.search(r"stopped on request at step \d+; checkpoint \S+/classifier/checkpoint.pt", stopped), stopped
+        resumed = run_stage()
+        assert "resumed from outputs/finetune/checkpoints/lm/checkpoint.pt at step 10" in resumed, resumed
+        assert "resumed from outputs/finetune/checkpoints/classifier/checkpoint.pt" in resumed, resumed
+        resumed_weights = digest(weights)
+        shutil.rmtree(finetune / "checkpoints")
+        uninterrupted = run_stage()
+        assert "resumed" not in uninterrupted
+        assert digest(weights) == resumed_weights
+    finally:
+        params_path.write_text(original)
+        shutil.rmtree(finetune)
+        shutil.copytree(backup, finetune)

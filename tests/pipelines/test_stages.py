@@ -7,8 +7,7 @@ import torch
 
 from lmcore.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from lmcore.data import write_token_stream
-from pipelines.stages.common import StageInterrupted, lm_evaluator, stop_requests
-from pipelines.stages.pretrain import discard_stale_checkpoint
+from pipelines.stages.common import StageInterrupted, discard_stale_checkpoints, lm_evaluator, stop_requests
 
 
 def test_an_evaluation_stream_shorter_than_a_window_is_named_before_any_work(tmp_path, monkeypatch):
@@ -27,17 +26,26 @@ def test_an_evaluation_stream_shorter_than_a_window_is_named_before_any_work(tmp
 def test_only_a_readable_checkpoint_of_the_same_settings_is_kept_for_resuming(tmp_path):
     checkpoints = tmp_path / "checkpoints"
     save_checkpoint(checkpoints / CHECKPOINT_NAME, {"fingerprint": "abc", "w": torch.ones(2)})
-    discard_stale_checkpoint(checkpoints, "abc")
+    discard_stale_checkpoints(checkpoints, "abc")
     assert (checkpoints / CHECKPOINT_NAME).exists()
 
-    discard_stale_checkpoint(checkpoints, "other settings")
+    discard_stale_checkpoints(checkpoints, "other settings")
     assert not checkpoints.exists() and (tmp_path / "checkpoints.stale" / CHECKPOINT_NAME).exists()
 
     checkpoints.mkdir()
     (checkpoints / CHECKPOINT_NAME).write_bytes(b"half a checkpoint")  # say, a disk that filled up
-    discard_stale_checkpoint(checkpoints, "abc")
+    discard_stale_checkpoints(checkpoints, "abc")
     assert not checkpoints.exists()
     assert (tmp_path / "checkpoints.stale" / CHECKPOINT_NAME).read_bytes() == b"half a checkpoint"
+
+    # Phases (finetune's lm, classifier, scratch): one stale phase makes the whole folder stale.
+    save_checkpoint(checkpoints / "lm" / CHECKPOINT_NAME, {"fingerprint": "abc"})
+    save_checkpoint(checkpoints / "classifier" / CHECKPOINT_NAME, {"fingerprint": "abc"})
+    discard_stale_checkpoints(checkpoints, "abc")
+    assert (checkpoints / "classifier" / CHECKPOINT_NAME).exists()
+    save_checkpoint(checkpoints / "scratch" / CHECKPOINT_NAME, {"fingerprint": "older settings"})
+    discard_stale_checkpoints(checkpoints, "abc")
+    assert not checkpoints.exists() and (tmp_path / "checkpoints.stale" / "lm" / CHECKPOINT_NAME).exists()
 
 
 def test_a_first_stop_signal_asks_training_to_stop_and_a_second_stops_at_once():
