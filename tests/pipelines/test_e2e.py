@@ -262,6 +262,9 @@ def test_an_interrupted_finetune_resumes_every_phase_exactly(tiny_project):
     """SIGTERM in the classifier phase, then the stage again: the LM phase replays from its final
     checkpoint, the classifier continues from its stop, and the weights are those of a run that
     was never interrupted."""
+    # A failed `dvc repro` (as in the tests above) leaves the failed stage's outputs removed: DVC
+    # deletes them before it runs a stage. Take the workspace back to dvc.lock's outputs first.
+    dvc(tiny_project, "checkout", "--force")
     params_path, finetune = tiny_project / "params.yaml", tiny_project / "outputs/finetune"
     original = params_path.read_text()
     backup = tiny_project.parent / "finetune-before-sigterm"
