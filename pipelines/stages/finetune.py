@@ -72,7 +72,7 @@ def lm_adapt(model: nn.Module, params: Params, tokenizer_sha: str, log, label: s
 
 
 def classify(
-    backbone: nn.Module, params: Params, pad_id: int, log, label: str, checkpoint_dir: Path, checkpoints: Checkpoints
+    backbone: nn.Module, params: Params, pad_id: int, log, label: str, checkpoints: Checkpoints, phase: str
 ) -> tuple[SequenceClassifier, dict]:
     ft = params.finetune
     streams = stage_dir("tokenizer") / "streams"
@@ -98,7 +98,7 @@ def classify(
             classification_loss,
             evaluate=evaluate,
             log=fan_out(log, Progress(config.max_steps, label)),
-            checkpoint_dir=checkpoint_dir,
+            checkpoint_dir=checkpoints.folder / phase,
             checkpoint_extra=checkpoints.extra,
             should_stop=should_stop,
         )
@@ -112,7 +112,8 @@ def classify(
 
 @dataclasses.dataclass(frozen=True)
 class Checkpoints:
-    """Where the phases checkpoint, and what each checkpoint carries to prove it belongs to this run."""
+    """Where the phases checkpoint (one folder each: lm, classifier, scratch), and what each
+    checkpoint carries to prove it belongs to this run."""
 
     folder: Path
     extra: dict[str, str]
@@ -184,8 +185,8 @@ def main() -> None:
                     tokenizer.pad_id,
                     fan_out(tracking.metric_logger(), curve),
                     "finetune",
-                    checkpoints.folder / "classifier",
                     checkpoints,
+                    "classifier",
                 )
             curve.close()
             extra = {
@@ -212,8 +213,8 @@ def main() -> None:
                     tokenizer.pad_id,
                     tracking.metric_logger("scratch/"),
                     "scratch",
-                    checkpoints.folder / "scratch",
                     checkpoints,
+                    "scratch",
                 )
                 export_model(
                     out / "models" / "scratch", baseline, arch, model_values, tok_dir / "tokenizer.json", extra=extra
