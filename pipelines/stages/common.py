@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import ctypes
+import hashlib
+import json
 import logging
 import shutil
 import signal
@@ -97,6 +99,17 @@ def die_with_parent() -> None:
     """
     if sys.platform == "linux":
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGHUP)
+
+
+def resumable_checkpoints(checkpoint_dir: Path, *inputs: object) -> str:
+    """The fingerprint of a run's settings and inputs (JSON values), with the checkpoints under
+    `checkpoint_dir` that were made for another fingerprint, or are unreadable, moved aside.
+
+    Each checkpoint carries the returned fingerprint (as checkpoint_extra) to be resumed later.
+    """
+    fingerprint = hashlib.sha256(json.dumps(list(inputs), sort_keys=True).encode()).hexdigest()
+    discard_stale_checkpoints(checkpoint_dir, fingerprint)
+    return fingerprint
 
 
 def discard_stale_checkpoints(checkpoint_dir: Path, fingerprint: str) -> None:

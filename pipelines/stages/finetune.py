@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -35,11 +34,11 @@ from pipelines.stages.common import (
     ComputeClock,
     CurveWriter,
     Progress,
-    discard_stale_checkpoints,
     fan_out,
     lm_evaluator,
     logger,
     open_stream,
+    resumable_checkpoints,
     run_stage,
     stage_dir,
     stop_requests,
@@ -122,10 +121,8 @@ class Checkpoints:
 def checkpoints_for(params: dict, tokenizer_sha: str, pretrained: Path | None) -> Checkpoints:
     """The stage's checkpoint folder, with checkpoints of other settings or inputs moved aside."""
     weights = hashlib.sha256((pretrained / "model.safetensors").read_bytes()).hexdigest() if pretrained else ""
-    fingerprint = hashlib.sha256(json.dumps([params, tokenizer_sha, weights], sort_keys=True).encode()).hexdigest()
     folder = stage_dir("finetune") / "checkpoints"
-    discard_stale_checkpoints(folder, fingerprint)
-    return Checkpoints(folder, {"fingerprint": fingerprint})
+    return Checkpoints(folder, {"fingerprint": resumable_checkpoints(folder, params, tokenizer_sha, weights)})
 
 
 def load_backbone(params: Params, tokenizer_sha: str, vocab_size: int) -> tuple[nn.Module, str, dict]:

@@ -7,8 +7,6 @@ Outputs: the exported model, metrics.json for `dvc metrics`, curve.tsv for `dvc 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 
 import pandas as pd
@@ -27,11 +25,11 @@ from pipelines.stages.common import (
     CurveWriter,
     MetricHistory,
     Progress,
-    discard_stale_checkpoints,
     fan_out,
     lm_evaluator,
     logger,
     open_stream,
+    resumable_checkpoints,
     run_stage,
     stage_dir,
     stop_requests,
@@ -68,10 +66,7 @@ def main() -> None:
             check_block_size(val_data, block_size, "pretrain validation split")
             torch.manual_seed(params.pretrain.seed)  # the init draws from the global generator, random per process
             model = build_model(arch, config)
-            fingerprint = hashlib.sha256(
-                json.dumps([arch, model_values, raw["pretrain"], tokenizer.sha256()], sort_keys=True).encode()
-            ).hexdigest()
-            discard_stale_checkpoints(checkpoint_dir, fingerprint)
+            fingerprint = resumable_checkpoints(checkpoint_dir, arch, model_values, raw["pretrain"], tokenizer.sha256())
 
             history = MetricHistory()
             curve = CurveWriter(out / "curve.tsv", CURVE_COLUMNS)
