@@ -7,8 +7,9 @@ keys (applied as `dvc exp run -S` applies them; the run is saved with `dvc exp s
 
 Transient failures (a killed process, a busy repository, a tracking server that did not answer)
 are retried with exponential backoff; a data-validation failure or a stage's refusal of its
-config or input is not, and fails the flow with the validation summary or the stage's message. One pipeline run at a time per checkout: a file lock, waited on for
-`wait_for_lock_seconds`, after which the run is skipped (Cancelled), never run beside another.
+config or input is not, and fails the flow with the validation summary or the stage's message.
+One pipeline run at a time per checkout: a file lock, waited on for `wait_for_lock_seconds`,
+after which the run is skipped (Cancelled), never run beside another.
 """
 
 from __future__ import annotations
