@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import ctypes
 import hashlib
 import json
 import logging
+import os
+import select
 import shutil
 import signal
 import sys
@@ -20,10 +21,10 @@ from lmcore.train import LogFn
 
 OUTPUTS = Path("outputs")
 logger = logging.getLogger("pipelines")
-# SIGHUP is also what the kernel sends a stage whose `dvc repro` died (see die_with_parent).
+# SIGHUP is also what a stage sends itself when its `dvc repro` dies (see stop_when_launcher_exits).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 RECEIVED_SIGNALS: list[int] = []  # for the exit code: 128 + the signal's number
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
+SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "mksh", "fish"})
 
 
 def stage_dir(stage: str) -> Path:
@@ -67,8 +68,9 @@ def stop_requests() -> Iterator[Callable[[], bool]]:
     training to finish its step and checkpoint it (where the stage keeps checkpoints) before stopping.
 
     A cluster's preemption, a Prefect cancellation, a Ctrl-C or a killed `dvc repro` then loses no
-    finished step; a second SIGINT or SIGTERM stops at once. A repeated SIGHUP does not: the
-    kernel may send the parent-death signal more than once (once per exiting thread of the parent).
+    finished step; a second SIGINT or SIGTERM stops at once. A repeated SIGHUP does not: it says that
+    the launching `dvc repro` or the terminal went away (both may, one after the other), not that
+    someone is in a hurry.
     """
     requested = threading.Event()
 
@@ -91,14 +93,39 @@ def stop_requests() -> Iterator[Callable[[], bool]]:
             signal.signal(signum, handler)
 
 
-def die_with_parent() -> None:
-    """On Linux, have the kernel send this process SIGHUP when its parent exits.
+def stop_when_launcher_exits() -> None:
+    """On Linux, send this process a SIGHUP when the process that launched it (`dvc repro`) exits.
 
-    `dvc repro` does not pass a SIGTERM on to the stage command it runs: a killed `dvc repro`
-    left its stage training on, orphaned, writing outputs that DVC no longer tracked.
+    DVC does not pass a SIGTERM on to the stage it runs: a killed `dvc repro` left its stage
+    training on, orphaned, writing outputs that DVC no longer recorded. DVC runs the stage through
+    `$SHELL -c`, and a shell that does not exec its one command (dash, Debian's /bin/sh) stays alive
+    in between, so under DVC the process watched is the nearest ancestor that is not a shell.
     """
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGHUP)
+    if not hasattr(os, "pidfd_open"):
+        return
+    launcher = os.getppid()
+    if "DVC_STAGE" in os.environ:  # set by DVC for the commands it runs
+        name, parent = _process_name_and_parent(launcher)
+        while name in SHELLS and parent > 1:
+            launcher = parent
+            name, parent = _process_name_and_parent(launcher)
+    try:
+        watched = os.pidfd_open(launcher)
+    except ProcessLookupError:  # gone already
+        os.kill(os.getpid(), signal.SIGHUP)
+        return
+    threading.Thread(target=_signal_on_exit, args=(watched,), name="launcher-watch", daemon=True).start()
+
+
+def _process_name_and_parent(pid: int) -> tuple[str, int]:
+    stat = Path(f"/proc/{pid}/stat").read_text()  # "pid (name) state ppid ..."; the name may hold spaces
+    name, _, rest = stat.partition(" (")[2].rpartition(") ")
+    return name, int(rest.split()[1])
+
+
+def _signal_on_exit(pidfd: int) -> None:
+    select.select([pidfd], [], [])  # readable once that process has exited
+    os.kill(os.getpid(), signal.SIGHUP)
 
 
 def resumable_checkpoints(checkpoint_dir: Path, *inputs: object) -> str:
@@ -143,7 +170,7 @@ def run_stage(main: Callable[[], None]) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for signum in STOP_SIGNALS:  # SIGTERM would otherwise end the process without a word or a cleanup
         signal.signal(signum, _interrupt)
-    die_with_parent()
+    stop_when_launcher_exits()
     try:
         main()
     except ValueError as error:

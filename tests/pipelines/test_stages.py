@@ -1,5 +1,11 @@
+import contextlib
 import os
+import shlex
 import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,9 +58,51 @@ def test_a_first_stop_signal_asks_training_to_stop_and_a_second_stops_at_once():
     outside = signal.getsignal(signal.SIGTERM)
     with stop_requests() as should_stop:
         assert not should_stop()
-        os.kill(os.getpid(), signal.SIGHUP)  # the kernel's parent-death signal, maybe more than once
+        os.kill(os.getpid(), signal.SIGHUP)  # the launcher died, then the terminal hung up
         os.kill(os.getpid(), signal.SIGHUP)
         assert should_stop()
         with pytest.raises(StageInterrupted, match="SIGTERM received"):
             os.kill(os.getpid(), signal.SIGTERM)
     assert signal.getsignal(signal.SIGTERM) is outside
+
+
+STAGE = """
+import time
+from pipelines.stages.common import stop_requests, stop_when_launcher_exits
+stop_when_launcher_exits()
+with stop_requests() as should_stop:
+    print("training", flush=True)
+    while not should_stop():
+        time.sleep(0.01)
+print("stopped", flush=True)
+"""
+# What DVC does: run the stage's command through a shell, here one that cannot exec it (it has more
+# to do after), so the shell outlives a killed launcher, as dash (Debian's /bin/sh) does.
+LAUNCHER = """
+import subprocess, sys
+subprocess.run(["/bin/sh", "-c", sys.argv[1] + "; exit $?"])
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="Linux only")
+def test_a_stage_stops_when_its_launcher_dies_even_behind_a_shell(tmp_path):
+    (tmp_path / "stage.py").write_text(textwrap.dedent(STAGE))
+    stage_command = f"{shlex.quote(sys.executable)} {shlex.quote(str(tmp_path / 'stage.py'))}"
+    env = {**os.environ, "DVC_STAGE": "train", "PYTHONPATH": str(Path(__file__).parents[2])}
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, stage_command],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert launcher.stdout.readline() == "training\n"
+        launcher.kill()  # as dvc dies, by any signal: nothing reaches the stage from it
+        rest = launcher.communicate(timeout=30)[0]  # the pipe closes when the stage exits
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, signal.SIGKILL)
+    assert "SIGHUP: stopping after the current training step" in rest
+    assert rest.endswith("stopped\n")
