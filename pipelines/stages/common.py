@@ -82,7 +82,8 @@ def stop_requests() -> Iterator[Callable[[], bool]]:
         RECEIVED_SIGNALS.append(signum)
         requested.set()
         logger.warning(
-            "%s: stopping after the current training step; send it again to stop at once", signal.Signals(signum).name
+            "%s: stopping after the current training step; a second SIGINT or SIGTERM stops at once",
+            signal.Signals(signum).name,
         )
 
     previous = {signum: signal.signal(signum, ask) for signum in STOP_SIGNALS}
@@ -104,17 +105,22 @@ def stop_when_launcher_exits() -> None:
     if not hasattr(os, "pidfd_open"):
         return
     launcher = os.getppid()
-    if "DVC_STAGE" in os.environ:  # set by DVC for the commands it runs
-        name, parent = _process_name_and_parent(launcher)
-        while name in SHELLS and parent > 1:
-            launcher = parent
-            name, parent = _process_name_and_parent(launcher)
     try:
+        if "DVC_STAGE" in os.environ:  # set by DVC for the commands it runs
+            name, parent = _process_name_and_parent(launcher)
+            while name in SHELLS and parent > 1:
+                launcher = parent
+                name, parent = _process_name_and_parent(launcher)
         watched = os.pidfd_open(launcher)
-    except ProcessLookupError:  # gone already
+    except (ProcessLookupError, FileNotFoundError):  # gone already
         os.kill(os.getpid(), signal.SIGHUP)
         return
-    threading.Thread(target=_signal_on_exit, args=(watched,), name="launcher-watch", daemon=True).start()
+    except OSError as error:  # say, a kernel older than 5.3
+        logger.warning(
+            "cannot watch the process that launched this stage (%s): killing it will not stop the stage", error
+        )
+        return
+    threading.Thread(target=_signal_on_exit, args=(watched, launcher), name="launcher-watch", daemon=True).start()
 
 
 def _process_name_and_parent(pid: int) -> tuple[str, int]:
@@ -123,8 +129,9 @@ def _process_name_and_parent(pid: int) -> tuple[str, int]:
     return name, int(rest.split()[1])
 
 
-def _signal_on_exit(pidfd: int) -> None:
+def _signal_on_exit(pidfd: int, pid: int) -> None:
     select.select([pidfd], [], [])  # readable once that process has exited
+    logger.warning("the process that launched this stage (pid %d) exited", pid)
     os.kill(os.getpid(), signal.SIGHUP)
 
 
