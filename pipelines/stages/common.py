@@ -306,6 +306,7 @@ class MetricHistory:
         for key, value in metrics.items():
             self.values.setdefault(key, []).append(float(value))
 
-    def median(self, key: str) -> float:
-        values = sorted(self.values.get(key, [float("nan")]))
-        return values[len(values) // 2]
+    def median(self, key: str) -> float | None:
+        """None where nothing was logged: a run that replays a finished checkpoint trains no step."""
+        values = sorted(self.values.get(key, []))
+        return values[len(values) // 2] if values else None

@@ -118,8 +118,16 @@ def test_nothing_changed_is_a_fast_no_op(tiny_project):
 
 
 def test_pretraining_again_from_scratch_gives_the_same_weights(tiny_project):
-    weights = tiny_project / "outputs/pretrain/model/model.safetensors"
-    before = hashlib.sha256(weights.read_bytes()).hexdigest()
+    weights, metrics = (
+        tiny_project / "outputs/pretrain/model/model.safetensors",
+        tiny_project / "outputs/pretrain/metrics.json",
+    )
+    before, trained = hashlib.sha256(weights.read_bytes()).hexdigest(), strict_json(metrics)
+    dvc(tiny_project, "repro", "--force", "--single-item", "pretrain")  # replays the final checkpoint
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == before
+    replayed = strict_json(metrics)
+    assert replayed["val"] == trained["val"] and replayed["train_loss"] == trained["train_loss"]
+    assert trained["tokens_per_sec"] > 0 and replayed["tokens_per_sec"] is None  # nothing trained: no speed
     shutil.rmtree(tiny_project / "outputs/pretrain/checkpoints")  # no checkpoint to resume from
     dvc(tiny_project, "repro", "--force", "--single-item", "pretrain")
     assert hashlib.sha256(weights.read_bytes()).hexdigest() == before
@@ -185,6 +193,13 @@ def test_misspelled_params_key_is_an_error_naming_it(tiny_project):
         params_path.write_text(original)
     assert result.returncode != 0
     assert "pretrain.max_stepz" in result.stdout + result.stderr
+
+
+def strict_json(path):
+    def refuse(constant):
+        raise AssertionError(f"{path} holds {constant}, which is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
 
 
 def digest(path) -> str:
