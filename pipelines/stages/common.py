@@ -108,7 +108,7 @@ def stop_when_launcher_exits() -> None:
     try:
         if "DVC_STAGE" in os.environ:  # set by DVC for the commands it runs
             name, parent = _process_name_and_parent(launcher)
-            while name in SHELLS and parent > 1:
+            while name in SHELLS and parent > 0:  # up to PID 1, which may be dvc in a container
                 launcher = parent
                 name, parent = _process_name_and_parent(launcher)
         watched = os.pidfd_open(launcher)
