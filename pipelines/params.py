@@ -312,6 +312,18 @@ def load_raw_params(path: str | Path | None = None) -> dict[str, Any]:
     return read_yaml(Path(path) if path else Path.cwd() / PARAMS_FILE) or {}
 
 
+def stage_params(stage: str, raw: dict[str, Any], dvc_yaml: Path = ROOT / "dvc.yaml") -> dict[str, Any]:
+    """The values of the params that dvc.yaml lists for `stage`: the settings whose change re-runs it."""
+    values = {}
+    for entry in read_yaml(dvc_yaml)["stages"][stage].get("params", []):
+        for key in [entry] if isinstance(entry, str) else entry.get(PARAMS_FILE, []):
+            node = raw
+            for part in key.split("."):
+                node = node[part]
+            values[key] = node
+    return values
+
+
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested dict to dotted keys (the form DVC's -S and MLflow's params use)."""
     flat: dict[str, Any] = {}

@@ -29,7 +29,7 @@ from lmcore.tokenizer import load_tokenizer
 from lmcore.train import TrainConfig, classification_loss, lm_loss, train
 from pipelines import tracking
 from pipelines.corpus import json_dump
-from pipelines.params import CLASSIFIER_EVAL_METRICS, Params, load_params, load_raw_params
+from pipelines.params import CLASSIFIER_EVAL_METRICS, Params, load_params, load_raw_params, stage_params
 from pipelines.stages.common import (
     ComputeClock,
     CurveWriter,
@@ -160,14 +160,10 @@ def main() -> None:
                 tok_dir / "tokenizer.json", params.tokenizer.eot_token, params.tokenizer.pad_token
             )
             backbone, arch, model_values = load_backbone(params, tokenizer.sha256(), tokenizer.vocab_size)
-            settings = {  # what dvc.yaml lists as this stage's params
-                "finetune": raw["finetune"],
-                "model": raw["model"],
-                "labels": [raw["ingest"]["labeled"]["labels"], raw["ingest"]["labeled"]["label_names"]],
-                "evaluate": [raw["evaluate"]["num_windows"], raw["evaluate"]["batch_size"]],
-            }
             checkpoints = checkpoints_for(
-                settings, tokenizer.sha256(), pre_dir / "model" if ft.init == "pretrained" else None
+                stage_params("finetune", raw),
+                tokenizer.sha256(),
+                pre_dir / "model" if ft.init == "pretrained" else None,
             )
             metrics: dict = {}
             if ft.task in ("lm", "lm_then_classification"):

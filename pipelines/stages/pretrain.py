@@ -19,7 +19,7 @@ from lmcore.tokenizer import load_tokenizer
 from lmcore.train import lm_loss, train
 from pipelines import tracking
 from pipelines.corpus import json_dump
-from pipelines.params import load_params, load_raw_params
+from pipelines.params import load_params, load_raw_params, stage_params
 from pipelines.stages.common import (
     ComputeClock,
     CurveWriter,
@@ -66,7 +66,7 @@ def main() -> None:
             check_block_size(val_data, block_size, "pretrain validation split")
             torch.manual_seed(params.pretrain.seed)  # the init draws from the global generator, random per process
             model = build_model(arch, config)
-            fingerprint = resumable_checkpoints(checkpoint_dir, arch, model_values, raw["pretrain"], tokenizer.sha256())
+            fingerprint = resumable_checkpoints(checkpoint_dir, stage_params("pretrain", raw), tokenizer.sha256())
 
             history = MetricHistory()
             curve = CurveWriter(out / "curve.tsv", CURVE_COLUMNS)
