@@ -68,10 +68,8 @@ def main(out: str, checkpoint_dir: str | None = None, stopping_rank: int | None 
             lambda g: get_batch(data, 4, 16, g),
             lm_loss,
             evaluate,
-            None,
-            checkpoint_dir,
-            None,
-            should_stop,
+            checkpoint_dir=checkpoint_dir,
+            should_stop=should_stop,
         )
     except TrainingInterrupted as stop:
         with open(f"{out}.rank{rank}.stopped", "w") as f:

@@ -235,12 +235,9 @@ def test_a_finished_run_called_again_reports_its_figures_without_training(tmp_pa
     def evaluate(model):
         return evaluate_lm(model, DATA, 16, num_windows=8)
 
-    first, _ = run(
-        tiny_model("lstm"), TrainConfig(**{**BASE.__dict__, "max_steps": 6}), evaluate=evaluate, checkpoint_dir=tmp_path
-    )
-    again, logs = run(
-        tiny_model("lstm"), TrainConfig(**{**BASE.__dict__, "max_steps": 6}), evaluate=evaluate, checkpoint_dir=tmp_path
-    )
+    cfg = TrainConfig(**{**BASE.__dict__, "max_steps": 6})
+    first, _ = run(tiny_model("lstm"), cfg, evaluate=evaluate, checkpoint_dir=tmp_path)
+    again, logs = run(tiny_model("lstm"), cfg, evaluate=evaluate, checkpoint_dir=tmp_path)
     assert again == first and first.eval_metrics and logs == []
 
 
