@@ -14,6 +14,13 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def seeded_torch() -> None:
+    """Each test starts from one global torch RNG state, whatever ran before it: a model built
+    without a seed would otherwise draw its init from what earlier tests left behind."""
+    torch.manual_seed(0)
+
+
 @pytest.fixture
 def shakespeare_text() -> str:
     """A small, varied, self-made corpus (tests never read the bundled data)."""
