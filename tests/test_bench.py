@@ -43,7 +43,11 @@ def test_shakespeare_bench_stops_at_the_target_and_writes_its_figures(corpus, tm
     assert figures == json.loads(figures_path.read_text())
     assert figures["target_reached"] and figures["steps"] == 2  # the first evaluation is under 100
     assert figures["time_to_target_s"] > 0 and figures["tokens_per_sec"] > 0
-    assert 0 < figures["final_val_loss"] < 100 and 0 < figures["mfu"] < 1
+    assert 0 < figures["final_val_loss"] < 100
+    # MFU is the recurrent model's 6 FLOPs per weight and token over the measured peak; a bound such
+    # as mfu < 1 would fail whenever the peak was measured while another process held the core.
+    flops = 6 * figures["params"] * figures["tokens_per_sec"]
+    assert figures["mfu"] == pytest.approx(flops / (figures["peak_gflops"] * 1e9), rel=1e-2)
     assert 100 < figures["peak_rss_mb"] < 4096 and figures["peak_cuda_mb"] is None  # torch alone is over 100 MB
 
 
