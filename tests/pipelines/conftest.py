@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -113,8 +115,30 @@ def dvc(path: Path, *args: str, check: bool = True, timeout: int = 600) -> subpr
 
 
 @pytest.fixture(scope="session")
-def tiny_project(tmp_path_factory) -> Path:
-    """The tiny project after one successful `dvc repro`."""
-    path = make_project(tmp_path_factory.mktemp("e2e") / "project")
+def repro_project(tmp_path_factory) -> Path:
+    """The tiny project after one successful `dvc repro`; tests work on copies of it."""
+    path = make_project(tmp_path_factory.mktemp("e2e") / "pristine")
     dvc(path, "repro")
     return path
+
+
+@pytest.fixture
+def tiny_project(repro_project, tmp_path) -> Path:
+    """A copy of the repro'd tiny project of this test's own, whatever other tests do to theirs."""
+    return copy_project(repro_project, tmp_path / "project")
+
+
+def copy_project(source: Path, target: Path) -> Path:
+    """Copy a project with its DVC cache and MLflow store; the store's absolute paths (artifact
+    locations, model sources) are rewritten to the copy, so that nothing reads or writes the source."""
+    shutil.copytree(source, target, symlinks=True)
+    with contextlib.closing(sqlite3.connect(target / "mlflow.db")) as db, db:
+        for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+            for column in [
+                c[1] for c in db.execute(f"PRAGMA table_info('{table}')") if "CHAR" in c[2] or c[2] == "TEXT"
+            ]:
+                db.execute(
+                    f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) WHERE instr("{column}", ?)',
+                    (str(source), str(target), str(source)),
+                )
+    return target

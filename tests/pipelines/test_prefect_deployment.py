@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -136,7 +137,8 @@ def run_id_from(output: str) -> str:
 
 def test_deployment_run_completes_every_stage_and_tracks_in_mlflow(deployed):
     project, cli, env = deployed
-    result = cli("deployment", "run", DEPLOYMENT, "--watch", "--watch-timeout", "800")
+    # force_from=ingest: every stage runs and logs a run, even where another test's flow run came first
+    result = cli("deployment", "run", DEPLOYMENT, "--param", "force_from=ingest", "--watch", "--watch-timeout", "800")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run, tasks, artifacts = flow_run_details(env, run_id_from(result.stdout))
     assert run.state.is_completed()
@@ -147,13 +149,15 @@ def test_deployment_run_completes_every_stage_and_tracks_in_mlflow(deployed):
 
     import mlflow
 
+    # This flow run's parent run, named by its artifact: other tests' flow runs may have run before.
+    parent_id = re.search(r"MLflow parent run: \S+/runs/(\w+)", markdown[0].data)[1]
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    parent = mlflow.get_run(parent_id)
+    assert parent.data.tags["stage"] == "pipeline" and parent.info.status == "FINISHED"
     runs = mlflow.search_runs(experiment_names=["lmcore-test"], output_format="list")
-    parents = [r for r in runs if r.data.tags.get("stage") == "pipeline"]
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
     assert sorted(r.data.tags["stage"] for r in children) == names
-    assert "classification.finetuned.accuracy" in parents[0].data.metrics
+    assert "classification.finetuned.accuracy" in parent.data.metrics
 
 
 def test_validation_failure_fails_the_flow_run_with_the_summary(deployed):
