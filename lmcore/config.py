@@ -1,7 +1,8 @@
 """Strict loading of plain dicts into the frozen config dataclasses that live beside the code.
 
-An unknown key, a missing key (when the dataclass gives no default) or a value of the wrong
-type is a ValueError that names the section and key, raised before any work starts. The
+An unknown key, a missing key (when the dataclass gives no default, or `require_all` asks for
+every key of every section; items of a list may still leave out defaulted keys) or a value of the
+wrong type is a ValueError that names the section and key, raised before any work starts. The
 dataclasses' own checks (`__post_init__`) start their messages with the field's name, to which
 loading adds the section: `finetune.train.beta1 must be in [0, 1), got 1.5`.
 """
@@ -75,12 +76,14 @@ def _coerce(hint: Any, value: Any, key: str, require_all: bool = False) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"config key '{key}' must be a list, got {value!r}")
         (item_hint, *_) = typing.get_args(hint) or (Any,)
-        items = [_coerce(item_hint, item, f"{key}[{i}]", require_all) for i, item in enumerate(value)]
+        # An item of a list (a data source, say) may leave out the keys that have defaults.
+        items = [_coerce(item_hint, item, f"{key}[{i}]") for i, item in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
             raise ValueError(f"config key '{key}' must be a mapping, got {value!r}")
-        return dict(value)
+        _, value_hint = typing.get_args(hint) or (str, Any)
+        return {name: _coerce(value_hint, item, f"{key}.{name}", require_all) for name, item in value.items()}
     if hint is Any:
         return value
     if hint is float:

@@ -36,21 +36,58 @@ def stream_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
+class TokenStreamWriter:
+    """Append token ids to a stream file in pieces (memory stays flat); `close` writes the sidecar.
+
+    The stream and its sidecar land atomically (tmp file + rename) when the writer closes
+    without an error; an error leaves neither.
+    """
+
+    def __init__(self, path: str | os.PathLike, vocab_size: int, tokenizer_sha256: str) -> None:
+        self.path, self.vocab_size, self.tokenizer_sha256 = os.fspath(path), vocab_size, tokenizer_sha256
+        self.dtype = stream_dtype(vocab_size)
+        self.tmp = f"{self.path}.tmp"
+        self.file = open(self.tmp, "wb")  # noqa: SIM115 (closed in close/__exit__)
+        self.num_tokens = self.num_bytes = 0
+        self.meta: StreamMeta | None = None
+
+    def write(self, ids: np.ndarray, num_bytes: int) -> None:
+        """Append ids (any integer dtype) that encode `num_bytes` bytes of text."""
+        if ids.size and int(ids.max()) >= self.vocab_size:
+            raise ValueError(f"{self.path}: token id {int(ids.max())} is outside vocab_size={self.vocab_size}")
+        ids.astype(self.dtype).tofile(self.file)
+        self.num_tokens += int(ids.size)
+        self.num_bytes += int(num_bytes)
+
+    def close(self) -> StreamMeta:
+        if self.meta is None:
+            self.file.close()
+            meta = StreamMeta(self.dtype.name, self.vocab_size, self.num_tokens, self.num_bytes, self.tokenizer_sha256)
+            os.replace(self.tmp, self.path)
+            with open(f"{self.tmp}.json", "w") as f:
+                json.dump(meta.__dict__, f, indent=2)
+            os.replace(f"{self.tmp}.json", f"{self.path}.json")
+            self.meta = meta
+        return self.meta
+
+    def __enter__(self) -> TokenStreamWriter:
+        return self
+
+    def __exit__(self, error_type: object, error: object, traceback: object) -> None:
+        if error_type is None:
+            self.close()
+        elif self.meta is None:
+            self.file.close()
+            os.remove(self.tmp)
+
+
 def write_token_stream(
     path: str | os.PathLike, ids: np.ndarray, vocab_size: int, num_bytes: int, tokenizer_sha256: str
 ) -> StreamMeta:
-    """Write ids and the sidecar; both land atomically (tmp file + rename)."""
-    dtype = stream_dtype(vocab_size)
-    if ids.size and int(ids.max()) >= vocab_size:
-        raise ValueError(f"{path}: token id {int(ids.max())} is outside vocab_size={vocab_size}")
-    meta = StreamMeta(dtype.name, vocab_size, int(ids.size), int(num_bytes), tokenizer_sha256)
-    tmp = f"{path}.tmp"
-    ids.astype(dtype).tofile(tmp)
-    os.replace(tmp, path)
-    with open(f"{tmp}.json", "w") as f:
-        json.dump(meta.__dict__, f, indent=2)
-    os.replace(f"{tmp}.json", f"{path}.json")
-    return meta
+    """Write ids and the sidecar in one go; both land atomically."""
+    with TokenStreamWriter(path, vocab_size, tokenizer_sha256) as writer:
+        writer.write(ids, num_bytes)
+    return writer.meta
 
 
 def load_token_stream(path: str | os.PathLike) -> tuple[np.ndarray, StreamMeta]:
@@ -84,10 +121,16 @@ def get_batch(
 
 
 def eval_window_starts(num_tokens: int, block_size: int, num_windows: int) -> np.ndarray:
-    """Evenly spaced window starts: the same windows on every call, covering the whole stream."""
+    """Evenly spaced window starts: the same windows on every call, covering the whole stream.
+
+    num_windows=0 takes every non-overlapping window: each token is scored once (but the first
+    tokens of a window see less context than a model that carries it over would give them).
+    """
     last = num_tokens - block_size - 1
     if last < 0:
         raise ValueError(f"block_size={block_size} is larger than the evaluation data ({num_tokens} tokens)")
+    if num_windows == 0:
+        return np.arange(0, last + 1, block_size, dtype=np.int64)
     count = min(num_windows, last + 1)
     return np.linspace(0, last, count).round().astype(np.int64)
 

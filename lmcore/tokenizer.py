@@ -17,6 +17,7 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from lmcore.config import check_choices
+from lmcore.data import TokenStreamWriter
 
 UNK_TOKEN = "<unk>"
 ENCODE_BATCH_LINES = 4096
@@ -30,9 +31,14 @@ class TokenizerConfig:
     special_tokens: list[str] = field(default_factory=lambda: ["<|endoftext|>", "<|pad|>"])
     eot_token: str = "<|endoftext|>"
     pad_token: str = "<|pad|>"
+    # Train on the first this many characters of the training text (0: all of it): BPE's merges
+    # settle long before a large corpus ends, and training time grows with the text.
+    max_train_chars: int = 0
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if self.max_train_chars < 0:
+            raise ValueError(f"max_train_chars must be >= 0 (0 is all), got {self.max_train_chars}")
         if self.kind == "bpe" and self.vocab_size < 256 + len(self.special_tokens):
             raise ValueError(
                 f"vocab_size={self.vocab_size} is below the 256 byte symbols plus "
@@ -71,14 +77,22 @@ class TextTokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
+    def iter_encoded(self, texts: Iterable[str]) -> Iterator[list[int]]:
+        """The ids of each text, encoded in batches (one big `encode` runs on one thread)."""
+        for batch in _batches(texts, ENCODE_BATCH_LINES):
+            yield from self.encode_batch(batch)
+
     def encode_to_array(self, text: str, dtype: type = np.int64) -> np.ndarray:
         """Encode a large text by lines in batches; the result decodes back to `text` exactly."""
-        chunks = []
-        lines = text.splitlines(keepends=True)
-        for start in range(0, len(lines), ENCODE_BATCH_LINES):
-            for ids in self.encode_batch(lines[start : start + ENCODE_BATCH_LINES]):
-                chunks.append(np.asarray(ids, dtype=dtype))
+        chunks = [np.asarray(ids, dtype=dtype) for ids in self.iter_encoded(text.splitlines(keepends=True))]
         return np.concatenate(chunks) if chunks else np.zeros(0, dtype=dtype)
+
+    def write_documents(self, documents: Iterable[str], writer: TokenStreamWriter) -> None:
+        """Append each document's ids and an end-of-text token to a token stream, in batches."""
+        for batch in _batches(documents, ENCODE_BATCH_LINES):
+            ids = [np.asarray([*row, self.eot_id], dtype=np.int64) for row in self.encode_batch(batch)]
+            # the end-of-text token stands for one byte, so that bits per byte count document ends
+            writer.write(np.concatenate(ids), sum(len(d.encode()) + 1 for d in batch))
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
@@ -131,7 +145,7 @@ def _train_bpe(texts: Iterable[str], config: TokenizerConfig) -> Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_lines(texts), trainer=trainer)
+    tokenizer.train_from_iterator(_lines(texts, config.max_train_chars), trainer=trainer)
     return tokenizer
 
 
@@ -139,8 +153,8 @@ def _train_char(texts: Iterable[str], config: TokenizerConfig) -> Tokenizer:
     # A BPE model with no merges splits every word into single characters. Characters never seen
     # in training map to the explicit <unk> token, so decoding them shows where data was lost.
     alphabet: set[str] = set()
-    for text in texts:
-        alphabet.update(text)
+    for line in _lines(texts, config.max_train_chars):
+        alphabet.update(line)
     specials = [*config.special_tokens, *([UNK_TOKEN] if UNK_TOKEN not in config.special_tokens else [])]
     vocab = {token: i for i, token in enumerate(specials)}
     for ch in sorted(alphabet):
@@ -151,6 +165,21 @@ def _train_char(texts: Iterable[str], config: TokenizerConfig) -> Tokenizer:
     return tokenizer
 
 
-def _lines(texts: Iterable[str]) -> Iterator[str]:
+def _lines(texts: Iterable[str], max_chars: int = 0) -> Iterator[str]:
+    seen = 0
     for text in texts:
         yield from text.splitlines(keepends=True)
+        seen += len(text)
+        if max_chars and seen >= max_chars:
+            return
+
+
+def _batches(texts: Iterable[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
