@@ -40,6 +40,23 @@ class RecurrentConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
+def _recurrence_in_fp32(device: str) -> bool:
+    """Under autocast, whether the recurrence must leave it and run in fp32 (TF32 on CUDA).
+
+    On CPU, oneDNN builds a bf16 LSTM/GRU kernel only where the CPU has AVX-512 BF16 or AMX, and the
+    call fails elsewhere; where it exists, a 2x256 LSTM steps 1.35x faster than with an fp32
+    recurrence, at the same loss (docs/findings.md). On CUDA, autocast runs cuDNN's RNN in fp16
+    whatever its dtype, and a bf16 run has no loss scaler to keep fp16 gradients from underflowing;
+    under fp16 autocast (with its scaler) cuDNN's fp16 RNN is what was asked for.
+    """
+    if not torch.is_autocast_enabled(device):
+        return False
+    dtype = torch.get_autocast_dtype(device)
+    if device == "cpu":
+        return dtype != torch.bfloat16 or not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return dtype == torch.bfloat16
+
+
 class RecurrentLM(nn.Module):
     def __init__(self, config: RecurrentConfig) -> None:
         super().__init__()
@@ -64,16 +81,8 @@ class RecurrentLM(nn.Module):
 
     def _run(self, idx: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState]:
         x = self.drop(self.wte(idx))  # (B, T, E)
-        device = x.device.type
-        if torch.is_autocast_enabled(device) and (
-            device == "cpu" or torch.get_autocast_dtype(device) == torch.bfloat16
-        ):
-            # The recurrence runs in fp32 (TF32 on CUDA), the rest in the autocast dtype. On CPU,
-            # oneDNN builds reduced-precision RNN kernels only where AVX-512 BF16 or AMX exist and
-            # the call fails elsewhere. On CUDA, autocast runs cuDNN's RNN in fp16 whatever its
-            # dtype, and a bf16 run has no loss scaler to keep fp16 gradients from underflowing.
-            # Under fp16 autocast (with its scaler) cuDNN's fp16 RNN is what was asked for.
-            with torch.autocast(device, enabled=False):
+        if _recurrence_in_fp32(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
                 h, state = self.rnn(x.float(), state)  # (B, T, H)
         else:
             h, state = self.rnn(x, state)  # (B, T, H)
