@@ -115,7 +115,8 @@ def predict_classes(
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict:
-    """Accuracy, macro-F1 and the confusion matrix (rows: true class, columns: predicted)."""
+    """Accuracy, macro-F1, per-class precision and recall, and the confusion matrix (rows: true
+    class, columns: predicted)."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if y_true.shape != y_pred.shape:
         raise ValueError(f"{len(y_true)} true labels but {len(y_pred)} predictions")
@@ -132,6 +133,8 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: 
     return {
         "accuracy": float((y_true == y_pred).mean()) if len(y_true) else 0.0,
         "macro_f1": float(f1.mean()),
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
         "confusion_matrix": confusion.tolist(),
     }
 

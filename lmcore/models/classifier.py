@@ -1,7 +1,8 @@
 """Sequence classification: a linear head on pooled hidden states of any backbone.
 
 Pooling respects padding: `mean` averages only real tokens, `last` takes the last real token
-(the one that has seen the whole text in a causal model).
+(the one that has seen the whole text in a causal model), `concat` joins last, max and mean
+(ULMFiT's concat pooling: the head sees 3C features).
 
 Shapes: B batch, T time, C backbone width, K num_classes.
 """
@@ -13,21 +14,27 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
+POOLINGS = ("mean", "last", "concat")
+
 
 class SequenceClassifier(nn.Module):
     def __init__(
-        self, backbone: nn.Module, num_classes: int, pooling: Literal["mean", "last"] = "mean", dropout: float = 0.0
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        pooling: Literal["mean", "last", "concat"] = "mean",
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-        if pooling not in ("mean", "last"):
-            raise ValueError(f"pooling must be 'mean' or 'last', got {pooling!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
         self.backbone = backbone
         self.backbone_frozen = False
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(backbone.n_embd, num_classes)
+        self.head = nn.Linear(backbone.n_embd * (3 if pooling == "concat" else 1), num_classes)
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
@@ -35,12 +42,15 @@ class SequenceClassifier(nn.Module):
         """Class logits (B, K) for right-padded ids (B, T) with true lengths (B,)."""
         h = self.backbone.features(idx)  # (B, T, C)
         positions = torch.arange(idx.size(1), device=idx.device)  # (T,)
+        mask = positions[None, :] < lengths[:, None]  # (B, T)
+        last = h[torch.arange(idx.size(0), device=idx.device), (lengths - 1).clamp(min=0)]  # (B, C)
+        if self.pooling == "last":
+            return self.head(self.dropout(last))
+        mean = (h * mask[:, :, None].to(h.dtype)).sum(1) / lengths[:, None].clamp(min=1).to(h.dtype)  # (B, C)
         if self.pooling == "mean":
-            mask = (positions[None, :] < lengths[:, None]).to(h.dtype)  # (B, T)
-            pooled = (h * mask[:, :, None]).sum(1) / lengths[:, None].clamp(min=1).to(h.dtype)  # (B, C)
-        else:
-            pooled = h[torch.arange(idx.size(0), device=idx.device), (lengths - 1).clamp(min=0)]  # (B, C)
-        return self.head(self.dropout(pooled))
+            return self.head(self.dropout(mean))
+        peak = h.masked_fill(~mask[:, :, None], torch.finfo(h.dtype).min).amax(1)  # (B, C)
+        return self.head(self.dropout(torch.cat([last, peak, mean], dim=-1)))  # (B, 3C)
 
     def freeze_backbone(self) -> None:
         """A linear probe: only the head trains, on the backbone's deterministic features."""
