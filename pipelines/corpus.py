@@ -1,8 +1,10 @@
 """Reading raw sources into normalised documents, streamed in chunks.
 
 Sources are local files, folders, globs or http(s) URLs of .txt, .md, .jsonl, .csv, .tsv and
-.parquet, each optionally gzip-compressed. Text is decoded as strict UTF-8 (an error names the
-file and byte offset), the BOM is stripped, CRLF becomes LF and Unicode is NFC-normalised.
+.parquet, each optionally gzip-compressed, read as a stream. Text is decoded strictly, as UTF-8
+unless a source says latin-1 or cp1252 (an error names the file and byte offset), the BOM is
+stripped, CRLF becomes LF and Unicode is NFC-normalised. A labeled source is a table (text and
+label by column) or a text file of one example per line, labeled by its source or by a pattern.
 Each document's split comes from a salted hash of its text, so adding documents never moves an
 old one to another split. Each record keeps where it came from (file, and line or row), so that a
 failed check can point at it.
@@ -17,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import unicodedata
 import urllib.request
 from collections.abc import Iterator
@@ -35,6 +38,19 @@ READ_BLOCK = 1 << 20
 
 class SourceError(ValueError):
     """A source that cannot be read; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class ReadSpec:
+    """How to read documents (and labels) out of one source."""
+
+    document_split: Literal["blank_line", "line", "file"] = "line"  # text files only
+    text_field: str = "text"  # tables only
+    label_field: str | None = None  # tables only; None: unlabeled, or every record gets `label`
+    label: str | None = None  # the label of every record
+    pattern: re.Pattern | None = None  # text lines as (?P<text>...) and (?P<label>...) groups
+    encoding: Literal["utf-8", "latin-1", "cp1252"] = "utf-8"
+    format: Literal["auto", "text", "jsonl", "csv", "tsv", "parquet"] = "auto"  # auto: by the file's suffix
 
 
 @dataclass(frozen=True)
@@ -69,7 +85,14 @@ def expand_sources(sources: list[str], root: Path) -> list[str]:
 
 def position_name(location: str) -> str:
     """What a Record's row counts in this source: lines of a text file, rows of a table."""
-    return "line" if _base_suffix(location) in TEXT_SUFFIXES else "row"
+    return "row" if _base_suffix(location) in TABLE_SUFFIXES else "line"
+
+
+def source_suffix(location: str, file_format: str = "auto") -> str:
+    """The suffix a source is read by: its own (under .gz), or the one its `format` names."""
+    if file_format == "auto":
+        return _base_suffix(location)
+    return ".txt" if file_format == "text" else f".{file_format}"
 
 
 def _base_suffix(name: str) -> str:
@@ -96,9 +119,9 @@ def normalise(text: str) -> str:
     return unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
 
 
-def _iter_decoded(location: str) -> Iterator[str]:
+def _iter_decoded(location: str, encoding: str = "utf-8") -> Iterator[str]:
     """Blocks of strictly decoded text; the BOM is dropped; an error names the byte offset."""
-    decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="strict")
+    decoder = codecs.getincrementaldecoder("utf-8-sig" if encoding == "utf-8" else encoding)(errors="strict")
     offset, total = 0, 0
     with _open_binary(location) as stream:
         while block := stream.read(READ_BLOCK):
@@ -108,7 +131,8 @@ def _iter_decoded(location: str) -> Iterator[str]:
             try:
                 text = decoder.decode(block)
             except UnicodeDecodeError as error:
-                raise SourceError(f"{location}: invalid UTF-8 at byte offset {offset + error.start}") from error
+                name = "UTF-8" if encoding == "utf-8" else encoding
+                raise SourceError(f"{location}: invalid {name} at byte offset {offset + error.start}") from error
             offset += len(block)
             total += len(text)
             yield text
@@ -147,14 +171,16 @@ class DecodedStream(io.TextIOBase):
         return out
 
 
-def iter_text_documents(location: str, rule: Literal["blank_line", "line", "file"]) -> Iterator[tuple[int, str]]:
+def iter_text_documents(
+    location: str, rule: Literal["blank_line", "line", "file"], encoding: str = "utf-8"
+) -> Iterator[tuple[int, str]]:
     """(first line, document) of a plain-text file, split by `rule`, without holding the whole file."""
     if rule == "file":
-        yield 1, normalise("".join(_iter_decoded(location)))
+        yield 1, normalise("".join(_iter_decoded(location, encoding)))
         return
     pending, line = "", 1
     separator = "\n\n" if rule == "blank_line" else "\n"
-    for block in _iter_decoded(location):
+    for block in _iter_decoded(location, encoding):
         # A CR that ends a block may be half of a CRLF: normalised alone it would add a line break.
         held = "\r" if block.endswith("\r") else ""
         pending = normalise(pending + block[: len(block) - len(held)])
@@ -166,9 +192,11 @@ def iter_text_documents(location: str, rule: Literal["blank_line", "line", "file
     yield line, normalise(pending)
 
 
-def iter_table_rows(location: str, columns: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
+def iter_table_rows(
+    location: str, columns: list[str], chunk_rows: int, encoding: str = "utf-8", suffix: str | None = None
+) -> Iterator[pd.DataFrame]:
     """Chunks of a .jsonl/.csv/.tsv/.parquet table holding `columns` (as strings)."""
-    suffix = _base_suffix(location)
+    suffix = suffix or _base_suffix(location)
     if suffix == ".parquet":
         with _open_binary(location) as stream:
             parquet = pq.ParquetFile(io.BytesIO(stream.read()) if location.startswith("http") else stream)
@@ -178,11 +206,11 @@ def iter_table_rows(location: str, columns: list[str], chunk_rows: int) -> Itera
         return
     # Text tables stream through the strict decoder, so bad bytes name the file and offset.
     if suffix == ".jsonl":
-        yield from _iter_jsonl_rows(location, columns, chunk_rows)
+        yield from _iter_jsonl_rows(location, columns, chunk_rows, encoding)
         return
     sep = "\t" if suffix == ".tsv" else ","
     reader = pd.read_csv(
-        DecodedStream(_iter_decoded(location)),
+        DecodedStream(_iter_decoded(location, encoding)),
         sep=sep,
         chunksize=chunk_rows,
         dtype=str,
@@ -198,10 +226,10 @@ def iter_table_rows(location: str, columns: list[str], chunk_rows: int) -> Itera
         raise SourceError(f"{location}: {error}".strip()) from None
 
 
-def _iter_jsonl_rows(location: str, columns: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
+def _iter_jsonl_rows(location: str, columns: list[str], chunk_rows: int, encoding: str) -> Iterator[pd.DataFrame]:
     """JSON Lines parsed one line at a time, so that a bad line is named by its number."""
     rows: list[list[Any]] = []
-    for number, line in iter_text_documents(location, "line"):
+    for number, line in iter_text_documents(location, "line", encoding):
         if not line.strip():
             continue
         try:
@@ -225,41 +253,45 @@ def _check_columns(location: str, available: list[str], wanted: list[str]) -> No
         raise SourceError(f"{location}: missing column {missing[0]!r} (columns: {available})")
 
 
-def iter_records(
-    location: str,
-    rule: Literal["blank_line", "line", "file"],
-    text_field: str,
-    label_field: str | None,
-    chunk_rows: int,
-) -> Iterator[list[Record]]:
+def iter_records(location: str, spec: ReadSpec, chunk_rows: int) -> Iterator[list[Record]]:
     """Chunks of records from one source; a text file's blank documents are skipped.
 
     Text documents lose their surrounding blank lines (indentation stays), table texts their
-    surrounding whitespace.
+    surrounding whitespace. A text line that does not match `spec.pattern` is an error naming it.
     """
-    suffix = _base_suffix(location)
+    suffix = source_suffix(location, spec.format)
     if suffix not in SUPPORTED:
-        raise SourceError(f"{location}: unsupported file type {suffix!r} (supported: {', '.join(SUPPORTED)})")
+        raise SourceError(
+            f"{location}: unsupported file type {suffix!r} (supported: {', '.join(SUPPORTED)}; or give the"
+            " source a format: text, jsonl, csv, tsv, parquet)"
+        )
     if suffix in TEXT_SUFFIXES:
-        if label_field is not None:
-            raise SourceError(f"{location}: labeled data must be a table (.jsonl/.csv/.tsv/.parquet)")
+        if spec.label_field is not None and spec.label is None and spec.pattern is None:
+            raise SourceError(f"{location}: a text file needs a source label or a pattern to carry labels")
         chunk: list[Record] = []
-        for line, document in iter_text_documents(location, rule):
+        for line, document in iter_text_documents(location, spec.document_split, spec.encoding):
             text = document.lstrip("\n")
             line += len(document) - len(text)
             if not text.strip():
                 continue  # blank lines separate documents, they are not documents
-            chunk.append(Record(text.rstrip("\n"), location, line))
+            label = spec.label
+            if spec.pattern is not None:
+                match = spec.pattern.fullmatch(text.rstrip("\n"))
+                if match is None:
+                    raise SourceError(f"{location}: line {line} does not match the pattern {spec.pattern.pattern!r}")
+                text, label = match["text"], label if label is not None else match["label"]
+            chunk.append(Record(text.rstrip("\n"), location, line, label))
             if len(chunk) >= chunk_rows:
                 yield chunk
                 chunk = []
         yield chunk
         return
-    columns = [text_field] + ([label_field] if label_field else [])
+    label_field = spec.label_field if spec.label is None else None
+    columns = [spec.text_field] + ([label_field] if label_field else [])
     rows_before = 0
-    for frame in iter_table_rows(location, columns, chunk_rows):
-        texts = [normalise(t).strip() for t in frame[text_field]]
-        labels = frame[label_field].tolist() if label_field else [None] * len(texts)
+    for frame in iter_table_rows(location, columns, chunk_rows, spec.encoding, suffix):
+        texts = [normalise(t).strip() for t in frame[spec.text_field]]
+        labels = frame[label_field].tolist() if label_field else [spec.label] * len(texts)
         rows = range(rows_before + 1, rows_before + len(texts) + 1)
         yield [Record(t, location, row, lab) for t, row, lab in zip(texts, rows, labels, strict=True)]
         rows_before += len(texts)

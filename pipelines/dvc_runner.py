@@ -80,12 +80,14 @@ def _hydra_value(value: object) -> str:
 
 
 def stages_from(order: list[str], first: str | None) -> set[str]:
-    """The stages to force: `first` and everything after it in the order."""
+    """The stages to force: `first` and everything after it in the order. `first` may name a
+    foreach stage as a whole (`finetune`: from the first of its `finetune@<task>` stages)."""
     if first is None:
         return set()
-    if first not in order:
+    matches = [i for i, stage in enumerate(order) if stage == first or stage.startswith(f"{first}@")]
+    if not matches:
         raise ValueError(f"force_from={first!r} is not a stage of dvc.yaml ({', '.join(order)})")
-    return set(order[order.index(first) :])
+    return set(order[matches[0] :])
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Great Expectations adapter: the suites over the ingested tables, Data Docs, and a summary.
 
 The only module that imports great_expectations. Each table is validated as a whole (text,
-ids, labels) and once per split (enough documents and characters for training windows). A failed
+ids, labels), over its documents with the quarantined ones (no more than the allowed share broke
+a per-document rule) and once per split (enough documents and characters for training). A failed
 row check names the file and line or row of its first offending documents.
 """
 
@@ -20,7 +21,7 @@ import pandas as pd  # noqa: E402
 from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
 
 from pipelines.corpus import position_name  # noqa: E402
-from pipelines.params import ValidateParams  # noqa: E402
+from pipelines.data_params import DataParams, ValidateParams  # noqa: E402
 
 logger = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
@@ -60,52 +61,77 @@ def _short(value: Any, limit: int = 80) -> Any:
     return value[:limit] + "..." if isinstance(value, str) and len(value) > limit else value
 
 
-def table_suite(name: str, params: ValidateParams, labels: list[str] | None) -> gx.ExpectationSuite:
+def table_suite(name: str, data: DataParams, labels: list[str] | None) -> gx.ExpectationSuite:
     E = gx.expectations
     suite = gx.ExpectationSuite(name=name)
     suite.add_expectation(E.ExpectColumnValuesToNotBeNull(column="text"))
+    # The kept documents keep the per-document rules: ingest quarantined the others.
     suite.add_expectation(
-        E.ExpectColumnValueLengthsToBeBetween(column="text", min_value=params.min_chars, max_value=params.max_chars)
+        E.ExpectColumnValuesToBeBetween(column="n_chars", min_value=data.min_chars, max_value=data.max_chars)
+    )
+    suite.add_expectation(
+        E.ExpectColumnValuesToBeBetween(column="bad_char_fraction", min_value=0.0, max_value=data.max_bad_char_fraction)
     )
     suite.add_expectation(E.ExpectColumnValuesToBeUnique(column="doc_id"))
     # Exact duplicates are dropped at ingest, so a hash seen twice would also sit in two splits.
     suite.add_expectation(E.ExpectColumnValuesToBeUnique(column="hash"))
     suite.add_expectation(E.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)))
-    suite.add_expectation(
-        E.ExpectColumnValuesToBeBetween(
-            column="bad_char_fraction", min_value=0.0, max_value=params.max_bad_char_fraction
-        )
-    )
     if labels is not None:
         suite.add_expectation(E.ExpectColumnValuesToNotBeNull(column="label"))
         suite.add_expectation(E.ExpectColumnValuesToBeInSet(column="label", value_set=labels))
     return suite
 
 
-def split_suite(name: str, params: ValidateParams, labels: list[str] | None) -> gx.ExpectationSuite:
+def quarantine_suite(name: str, params: ValidateParams) -> gx.ExpectationSuite:
+    """Over every document read, kept or quarantined: at most max_quarantined_share were quarantined."""
+    suite = gx.ExpectationSuite(name=name)
+    suite.add_expectation(
+        gx.expectations.ExpectColumnValuesToBeInSet(
+            column="quarantine_reason", value_set=[""], mostly=1.0 - params.max_quarantined_share
+        )
+    )
+    return suite
+
+
+def documents_frame(table: pd.DataFrame, quarantined: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per document read (before deduplication): kept with reason '', quarantined with theirs."""
+    kept = table[LOCATION_COLUMNS].assign(quarantine_reason="")
+    aside = pd.DataFrame(quarantined, columns=[*LOCATION_COLUMNS, "reason"]).rename(
+        columns={"reason": "quarantine_reason"}
+    )
+    return pd.concat([kept, aside], ignore_index=True)
+
+
+def split_suite(
+    name: str, params: ValidateParams, labels: list[str] | None, shares: tuple[float, float] | None
+) -> gx.ExpectationSuite:
     E = gx.expectations
     suite = gx.ExpectationSuite(name=name)
     suite.add_expectation(E.ExpectTableRowCountToBeBetween(min_value=params.min_docs_per_split))
     suite.add_expectation(E.ExpectColumnSumToBeBetween(column="n_chars", min_value=params.min_chars_per_split))
-    if labels is not None:
+    if labels is not None and shares is not None:
+        low, high = shares
         for label in labels:
-            # share(label) >= min_class_share and share(label) <= max_class_share
-            suite.add_expectation(
-                E.ExpectColumnValuesToBeInSet(column="label", value_set=[label], mostly=params.min_class_share)
-            )
-            suite.add_expectation(
-                E.ExpectColumnValuesToNotBeInSet(column="label", value_set=[label], mostly=1 - params.max_class_share)
-            )
+            # share(label) >= low and share(label) <= high
+            suite.add_expectation(E.ExpectColumnValuesToBeInSet(column="label", value_set=[label], mostly=low))
+            suite.add_expectation(E.ExpectColumnValuesToNotBeInSet(column="label", value_set=[label], mostly=1 - high))
     return suite
 
 
-def validate_tables(
-    tables: dict[str, tuple[pd.DataFrame, list[str] | None, list[str]]], params: ValidateParams, docs_dir: Path
-) -> tuple[bool, list[Failure], dict[str, Any]]:
-    """Validate each named table (frame, declared labels or None, splits that must be present).
+@dataclass
+class Table:
+    frame: pd.DataFrame  # the kept documents, as ingest or prepare wrote them
+    labels: list[str] | None  # the declared label values, or None for unlabeled text
+    splits: list[str]  # the splits that must each hold enough documents
+    quarantined: list[dict[str, Any]]  # the quarantine file's entries
+    class_shares: tuple[float, float] | None = None  # (min, max) share of each class per split
 
-    Returns (success, failures, the full results as a JSON-ready dict) and writes Data Docs.
-    """
+
+def validate_tables(
+    tables: dict[str, Table], data: DataParams, params: ValidateParams, docs_dir: Path
+) -> tuple[bool, list[Failure], dict[str, Any]]:
+    """Validate each named table; returns (success, failures, the full results as a JSON-ready
+    dict) and writes Data Docs."""
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     context.add_data_docs_site(
@@ -126,11 +152,13 @@ def validate_tables(
     # since the rows of the other classes they count are not faults.
     located = {**summary, "unexpected_index_column_names": LOCATION_COLUMNS}
     runs: list[tuple[str, gx.ExpectationSuite, pd.DataFrame, dict[str, Any]]] = []
-    for name, (frame, labels, splits) in tables.items():
-        runs.append((name, table_suite(name, params, labels), frame, located))
-        for split in splits:
-            suite = split_suite(f"{name}.{split}", params, labels)
-            runs.append((f"{name}.{split}", suite, frame[frame["split"] == split], summary))
+    for name, table in tables.items():
+        runs.append((name, table_suite(name, data, table.labels), table.frame, located))
+        documents = documents_frame(table.frame, table.quarantined)
+        runs.append((f"{name}.documents", quarantine_suite(f"{name}.documents", params), documents, located))
+        for split in table.splits:
+            suite = split_suite(f"{name}.{split}", params, table.labels, table.class_shares)
+            runs.append((f"{name}.{split}", suite, table.frame[table.frame["split"] == split], summary))
     failures: list[Failure] = []
     results: dict[str, Any] = {}
     for name, suite, frame, result_format in runs:

@@ -1,24 +1,27 @@
 """params.yaml, loaded strictly: every section, every key, before a stage does any work.
 
-The lmcore configs (tokenizer, model, training) are used as they are; the stage-level sections
-are the dataclasses below. An unknown or missing key is a ValueError naming it, so
+The lmcore configs (tokenizer, model, training) are used as they are; the data sections live in
+`data_params.py`, the other stage-level sections are the dataclasses below. An unknown or missing key is a ValueError naming it, so
 `dvc exp run -S model.gpt.n_layr=2` fails instead of adding a silent new key.
 """
 
 from __future__ import annotations
 
-import re
+import json
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 from lmcore.config import config_from_dict
 from lmcore.generate import check_sampling
 from lmcore.models import ARCHITECTURES, build_model_config
 from lmcore.tokenizer import TokenizerConfig
 from lmcore.train import TrainConfig
+from pipelines.data_params import CorpusParams, DataParams, LabeledSetParams, TaskParams, ValidateParams, check_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILE = "params.yaml"
@@ -26,98 +29,6 @@ PARAMS_FILE = "params.yaml"
 # pretrain's is lmcore's evaluate_lm (with bits per byte), the classifier's is finetune.classify's.
 LM_EVAL_METRICS = ("loss", "perplexity", "top1_accuracy", "top5_accuracy", "bits_per_byte")
 CLASSIFIER_EVAL_METRICS = ("accuracy", "macro_f1")
-
-
-@dataclass(frozen=True)
-class LabeledSource:
-    path: str
-    split: Literal["auto", "train", "validation", "test"]
-
-
-@dataclass(frozen=True)
-class CorpusParams:
-    sources: list[str]
-    document_split: Literal["blank_line", "line", "file"]
-    text_field: str
-    validation_fraction: float
-    test_fraction: float
-
-    def __post_init__(self) -> None:
-        if not self.sources:
-            raise ValueError("sources is empty: name at least one file, folder, glob or URL")
-        check_fractions(validation_fraction=self.validation_fraction, test_fraction=self.test_fraction)
-
-
-@dataclass(frozen=True)
-class LabeledParams:
-    sources: list[LabeledSource]
-    text_field: str
-    label_field: str
-    labels: list[str]  # raw label values as they appear in the files, in class-index order
-    label_names: list[str]  # human-readable names, same order
-    validation_fraction: float
-
-    def __post_init__(self) -> None:
-        if not self.sources:
-            raise ValueError("sources is empty: name at least one labeled table")
-        if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
-            raise ValueError(f"labels must be two or more distinct values, got {self.labels}")
-        if len(self.label_names) != len(self.labels):
-            raise ValueError(f"label_names has {len(self.label_names)} names for {len(self.labels)} labels")
-        check_fractions(validation_fraction=self.validation_fraction)
-
-
-@dataclass(frozen=True)
-class IngestParams:
-    pretrain: CorpusParams
-    labeled: LabeledParams
-    split_salt: str
-    chunk_rows: int
-
-    def __post_init__(self) -> None:
-        if self.chunk_rows < 1:
-            raise ValueError(f"chunk_rows must be at least 1, got {self.chunk_rows}")
-
-
-@dataclass(frozen=True)
-class ValidateParams:
-    min_chars: int
-    max_chars: int
-    max_bad_char_fraction: float
-    min_docs_per_split: int
-    min_chars_per_split: int
-    min_class_share: float
-    max_class_share: float
-
-    def __post_init__(self) -> None:
-        for name in ("min_chars", "max_chars", "min_docs_per_split", "min_chars_per_split"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("max_bad_char_fraction", "min_class_share", "max_class_share"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for low, high in (("min_chars", "max_chars"), ("min_class_share", "max_class_share")):
-            if getattr(self, low) > getattr(self, high):
-                raise ValueError(f"{low}={getattr(self, low)} is above {high}={getattr(self, high)}")
-
-
-@dataclass(frozen=True)
-class TokenizerParams:
-    train_on: list[Literal["pretrain", "labeled"]]
-    kind: Literal["bpe", "char"]
-    vocab_size: int
-    min_frequency: int
-    special_tokens: list[str]
-    eot_token: str
-    pad_token: str
-
-    def __post_init__(self) -> None:
-        if not self.train_on or len(set(self.train_on)) != len(self.train_on):
-            raise ValueError(f"train_on must name pretrain, labeled or both, once each; got {self.train_on}")
-
-    def tokenizer_config(self) -> TokenizerConfig:
-        values = {f.name: getattr(self, f.name) for f in fields(TokenizerConfig)}
-        return config_from_dict(TokenizerConfig, values, "tokenizer")
 
 
 @dataclass(frozen=True)
@@ -133,26 +44,37 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class FinetuneParams:
-    task: Literal["classification", "lm", "lm_then_classification"]
+    """How every task's classifier trains; the task's own entry says what it trains on."""
+
+    recipe: Literal["classification", "lm_then_classification"]  # the latter: ULMFiT's LM adaptation first
     init: Literal["pretrained", "scratch"]
     freeze_backbone: bool
-    pooling: Literal["mean", "last"]
-    max_len: int
+    pooling: Literal["mean", "last", "concat"]
     classifier_dropout: float
-    scratch_baseline: bool
-    lm_steps: int  # language-model steps on the task's own text (task lm / lm_then_classification)
-    lm_batch_size: int  # windows of max_len tokens per language-model step
+    scratch_baseline: bool  # also train the same architecture from scratch, for comparison
+    tfidf_baseline: bool  # also fit TF-IDF + logistic regression, for comparison
+    lm_steps: int  # language-model steps on the task's own train text (lm_then_classification)
+    lm_batch_size: int  # windows of the task's max_len tokens per language-model step
     length_buckets: int  # classifier batches draw texts of similar length; 1 is plain uniform sampling
+    epochs: float  # classifier steps: epochs over the labeled examples, within [min_steps, train.max_steps]
+    min_steps: int
     train: TrainConfig
 
     def __post_init__(self) -> None:
-        for name in ("max_len", "lm_batch_size", "length_buckets"):
+        for name in ("lm_batch_size", "length_buckets", "min_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.task != "classification" and self.lm_steps < 1:
-            raise ValueError(f"lm_steps must be at least 1 for task {self.task}, got {self.lm_steps}")
+        if self.recipe == "lm_then_classification" and self.lm_steps < 1:
+            raise ValueError(f"lm_steps must be at least 1 for recipe {self.recipe}, got {self.lm_steps}")
         if not 0.0 <= self.classifier_dropout < 1.0:
             raise ValueError(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout}")
+        if self.epochs <= 0:
+            raise ValueError(f"epochs must be positive, got {self.epochs}")
+
+    def classifier_steps(self, examples: int) -> int:
+        """Steps for `examples` labeled examples: `epochs` passes, at least min_steps, at most max_steps."""
+        passes = math.ceil(self.epochs * examples / (self.train.batch_size * self.train.grad_accum_steps))
+        return min(self.train.max_steps, max(self.min_steps, passes))
 
 
 @dataclass(frozen=True)
@@ -170,16 +92,25 @@ class SampleParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    num_windows: int
+    num_windows: int  # windows of the evaluations during training (fixed, evenly spaced)
+    lm_text_windows: int  # windows of each lm_texts entry; 0 is every non-overlapping window
     batch_size: int
     bootstrap_samples: int
-    tfidf_baseline: bool
+    # Texts the pretrained LM is scored on, in bits per byte beside xz and gzip on the same bytes:
+    # a path, or `corpus` for the corpus's own held-out test split.
+    lm_texts: dict[str, str]
     samples: SampleParams
 
     def __post_init__(self) -> None:
-        for name in ("num_windows", "batch_size", "bootstrap_samples"):
+        for name in ("batch_size", "bootstrap_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.num_windows < 1:
+            raise ValueError(f"num_windows must be at least 1, got {self.num_windows}")
+        if self.lm_text_windows < 0:
+            raise ValueError(f"lm_text_windows must be >= 0 (0 is every window), got {self.lm_text_windows}")
+        if not self.lm_texts:
+            raise ValueError("lm_texts is empty: name at least one text to score the language model on")
 
 
 @dataclass(frozen=True)
@@ -192,11 +123,14 @@ class TrackingParams:
 
 @dataclass(frozen=True)
 class Params:
-    ingest: IngestParams
+    data: DataParams
+    ingest: CorpusParams
     validate: ValidateParams
-    tokenizer: TokenizerParams
+    tokenizer: TokenizerConfig
     model: ModelParams
     pretrain: TrainConfig
+    tasks: dict[str, TaskParams]
+    test_sets: dict[str, LabeledSetParams]
     finetune: FinetuneParams
     evaluate: EvaluateParams
     tracking: TrackingParams
@@ -220,11 +154,12 @@ def load_params(path: str | Path | None = None) -> Params:
             arch: build_model_config(arch, {**getattr(params.model, arch), "vocab_size": 1}, f"model.{arch}")
             for arch in ARCHITECTURES
         }
-        params.tokenizer.tokenizer_config()
+        check_tasks(params.tasks, params.test_sets)
         gpt_block = models["gpt"].block_size
-        if params.model.arch == "gpt" and params.finetune.max_len > gpt_block:
-            # finetune would refuse it, but only after the tokenizer and pretrain stages ran
-            raise ValueError(f"finetune.max_len={params.finetune.max_len} exceeds model.gpt.block_size={gpt_block}")
+        for name, task in params.tasks.items():
+            if params.model.arch == "gpt" and task.max_len > gpt_block:
+                # finetune would refuse it, but only after the tokenizer and pretrain stages ran
+                raise ValueError(f"tasks.{name}.max_len={task.max_len} exceeds model.gpt.block_size={gpt_block}")
         check_batch_threads(params)
         check_early_stopping(params)
     except ValueError as error:
@@ -234,20 +169,19 @@ def load_params(path: str | Path | None = None) -> Params:
 
 def check_batch_threads(params: Params) -> None:
     """Threads refuse dropout (lmcore.train.ShardedBackward): say so at load, not after a stage's work."""
-    arch, task = params.model.arch, params.finetune.task
+    arch = params.model.arch
     backbone = (f"model.{arch}.dropout", params.model.config_values().get("dropout", 0.0))
     classifier = ("finetune.classifier_dropout", params.finetune.classifier_dropout)
     finetune_threads = params.finetune.train.batch_threads
     checks = [
         ("pretrain.batch_threads", params.pretrain.batch_threads, backbone),
         ("finetune.train.batch_threads", finetune_threads, backbone),
+        ("finetune.train.batch_threads", finetune_threads, classifier),
     ]
-    if task != "lm":  # the classifier (and the scratch baseline) only train for classification tasks
-        checks.append(("finetune.train.batch_threads", finetune_threads, classifier))
     for key, threads, (dropout_key, dropout) in checks:
         if threads > 1 and dropout > 0:
             raise ValueError(f"{key}={threads} needs {dropout_key} 0, got {dropout}; or use 0 (auto) or 1")
-    if task != "classification" and finetune_threads > params.finetune.lm_batch_size:
+    if params.finetune.recipe == "lm_then_classification" and finetune_threads > params.finetune.lm_batch_size:
         raise ValueError(
             f"finetune.train.batch_threads={finetune_threads} is more than finetune.lm_batch_size="
             f"{params.finetune.lm_batch_size}: every thread needs at least one row"
@@ -256,9 +190,10 @@ def check_batch_threads(params: Params) -> None:
 
 def check_early_stopping(params: Params) -> None:
     """An early-stopping metric that the watched evaluation reports (else a KeyError after hours)."""
-    watched = [("pretrain", params.pretrain, LM_EVAL_METRICS)]
-    if params.finetune.task != "lm":  # the LM phase never stops early; the classifier phase may
-        watched.append(("finetune.train", params.finetune.train, CLASSIFIER_EVAL_METRICS))
+    watched = [
+        ("pretrain", params.pretrain, LM_EVAL_METRICS),
+        ("finetune.train", params.finetune.train, CLASSIFIER_EVAL_METRICS),
+    ]
     for section, config, reported in watched:
         if config.early_stopping_patience and config.early_stopping_metric not in reported:
             raise ValueError(
@@ -267,44 +202,13 @@ def check_early_stopping(params: Params) -> None:
             )
 
 
-def check_fractions(**fractions: float) -> None:
-    """Split fractions: each in [0, 1), and together below 1 so that training keeps documents."""
-    for name, value in fractions.items():
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"{name} must be in [0, 1), got {value}")
-    if sum(fractions.values()) >= 1.0:
-        raise ValueError(f"{' + '.join(fractions)} = {sum(fractions.values())} leaves no training documents")
-
-
-class _Yaml12Loader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2's floats.
-
-    PyYAML implements YAML 1.1, where a float needs a dot: `1e-05` is the string '1e-05'. DVC
-    reads and writes params.yaml as YAML 1.2 (ruamel), and `dvc exp run -S pretrain.min_lr=1e-5`
-    writes `min_lr: 1e-05`: without this, that value would be refused as "not a number".
-    """
-
-
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
 def read_yaml(path: str | Path) -> Any:
-    """A YAML file as DVC reads it (1e-5 is a number); a syntax error is a ValueError naming the file."""
+    """A YAML file read as DVC reads params.yaml (YAML 1.2 with ruamel: `1e-5` is a number, where
+    PyYAML's YAML 1.1 reads a string); a syntax error is a ValueError naming the file and line."""
     try:
-        with open(path, encoding="utf-8") as stream:  # a stream, so that the error's position names the file
-            return yaml.load(stream, Loader=_Yaml12Loader)  # a SafeLoader: no Python objects
-    except yaml.YAMLError as error:
+        with open(path, encoding="utf-8") as stream:
+            return YAML(typ="safe", pure=True).load(stream)  # safe: no Python objects
+    except YAMLError as error:
         raise ValueError(f"{path} is not valid YAML: {error}") from None
 
 
@@ -312,10 +216,21 @@ def load_raw_params(path: str | Path | None = None) -> dict[str, Any]:
     return read_yaml(Path(path) if path else Path.cwd() / PARAMS_FILE) or {}
 
 
+def stage_definition(stage: str, dvc_yaml: Path = ROOT / "dvc.yaml") -> dict[str, Any]:
+    """A stage's entry of dvc.yaml; for one item of a foreach stage (`finetune@sst2`), its `do`
+    entry with `${key}` filled in."""
+    stages = read_yaml(dvc_yaml)["stages"]
+    name, _, key = stage.partition("@")
+    definition = stages[name]
+    if "foreach" not in definition:
+        return definition
+    return json.loads(json.dumps(definition["do"]).replace("${key}", key))
+
+
 def stage_params(stage: str, raw: dict[str, Any], dvc_yaml: Path = ROOT / "dvc.yaml") -> dict[str, Any]:
     """The values of the params that dvc.yaml lists for `stage`: the settings whose change re-runs it."""
     values = {}
-    for entry in read_yaml(dvc_yaml)["stages"][stage].get("params", []):
+    for entry in stage_definition(stage, dvc_yaml).get("params", []):
         for key in [entry] if isinstance(entry, str) else entry.get(PARAMS_FILE, []):
             node = raw
             for part in key.split("."):

@@ -25,10 +25,20 @@ logger = logging.getLogger("pipelines")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 RECEIVED_SIGNALS: list[int] = []  # for the exit code: 128 + the signal's number
 SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "mksh", "fish"})
+INPUT_ERROR_EXIT = 2  # a bad config value or input file: one clear line, never worth a retry
+VALIDATION_FAILED_EXIT = 3  # the data failed its expectations
 
 
 def stage_dir(stage: str) -> Path:
     return OUTPUTS / stage
+
+
+def task_argument(params) -> str:
+    """The task a foreach stage runs for (`python -m pipelines.stages.finetune sst2`): a key of params.tasks."""
+    if len(sys.argv) != 2 or sys.argv[1] not in params.tasks:
+        given = " ".join(sys.argv[1:]) or "nothing"
+        raise ValueError(f"{sys.argv[0]} takes one task of params.yaml's tasks {sorted(params.tasks)}, got {given}")
+    return sys.argv[1]
 
 
 def fresh_dir(out: Path) -> Path:
@@ -182,7 +192,7 @@ def run_stage(main: Callable[[], None]) -> None:
         main()
     except ValueError as error:
         logger.error("%s", error)
-        sys.exit(2)
+        sys.exit(INPUT_ERROR_EXIT)
     except ConnectionError as error:  # say, the tracking server: worth retrying, so not exit 2
         logger.error("%s", error)
         sys.exit(1)

@@ -1,52 +1,68 @@
-"""evaluate: held-out LM metrics, out-of-domain LM metrics, classification against baselines.
+"""evaluate: the language model against compressors, every task's results, one summary.
 
-Language model (pretrained): loss, perplexity, bits per byte and top-1/top-5 accuracy on the
-pretraining test split and on the labeled test texts (out of domain). Classification on the
-labeled test split (SST-2 dev): the finetuned model, the from-scratch baseline, TF-IDF +
-logistic regression and the majority class, each with a bootstrap 95% interval, and the paired
-difference between the finetuned model and each baseline. Plus samples, a report and plots.
+Language model (pretrained): bits per byte (and loss, perplexity, top-1/top-5) on each text of
+`evaluate.lm_texts` (the corpus's held-out split, and texts from other domains), beside `xz -9e`
+and `gzip -9` on the very same bytes. Classification: the `finetune@<task>` results gathered into
+a generality table (a row per task, plus the mean), the out-of-domain scores and the label-budget
+curves. Writes `summary.json` (schema in pipelines/report.py), `report.md`, `plots/`,
+`samples.txt` and `metrics.json` (for `dvc metrics`).
 """
 
 from __future__ import annotations
 
+import gzip
+import json
+import lzma
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from lmcore.checkpoint import load_model  # noqa: E402
-from lmcore.data import load_labeled  # noqa: E402
-from lmcore.evaluate import bootstrap_accuracy, classification_metrics, predict_classes  # noqa: E402
-from lmcore.generate import generate  # noqa: E402
-from lmcore.models import SequenceClassifier  # noqa: E402
-from lmcore.tokenizer import load_tokenizer  # noqa: E402
-from pipelines import tracking  # noqa: E402
-from pipelines.corpus import json_dump  # noqa: E402
-from pipelines.params import Params, load_params, load_raw_params  # noqa: E402
-from pipelines.stages.common import ComputeClock, lm_evaluator, logger, run_stage, stage_dir  # noqa: E402
+from lmcore.checkpoint import load_model
+from lmcore.data import load_token_stream
+from lmcore.evaluate import evaluate_lm
+from lmcore.generate import generate
+from lmcore.tokenizer import TextTokenizer, load_tokenizer
+from pipelines import tracking
+from pipelines.corpus import json_dump
+from pipelines.params import ROOT, Params, load_params, load_raw_params
+from pipelines.report import build_summary, plot_curve, plot_generality, render_report, test_size
+from pipelines.stages.common import ComputeClock, logger, run_stage, stage_dir
+from pipelines.stages.tokenizer import split_texts
 
 
-def lm_metrics(model, params: Params, tokenizer_sha: str) -> dict:
-    block_size = model.config.block_size
-    streams = {"test": "pretrain_test", "out_of_domain": "labeled_test"}
-    return {name: lm_evaluator(stream, tokenizer_sha, block_size, params)(model) for name, stream in streams.items()}
+def lm_text_bytes(source: str) -> bytes:
+    """The bytes a `lm_texts` entry names: `corpus` (its test split's documents, each ended by a
+    newline) or a UTF-8 file."""
+    if source == "corpus":
+        return "".join(f"{text}\n" for text in split_texts(stage_dir("ingest") / "corpus.parquet", "test")).encode()
+    path = ROOT / source
+    if not path.is_file():
+        raise ValueError(f"evaluate.lm_texts names {source}, which is not a file")
+    return path.read_bytes()
 
 
-def tfidf_predictions(ingested: Path, labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """TF-IDF unigrams + logistic regression trained on the labeled train split."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-
-    table = pd.read_parquet(ingested / "labeled.parquet", columns=["text", "label", "split"])
-    train, test = table[table["split"] == "train"], table[table["split"] == "test"]
-    vectorizer = TfidfVectorizer(sublinear_tf=True, min_df=2)
-    classifier = LogisticRegression(max_iter=1000, C=4.0)
-    classifier.fit(vectorizer.fit_transform(train["text"]), train["label"].map(labels.index))
-    return classifier.predict(vectorizer.transform(test["text"])), train["label"].map(labels.index).to_numpy()
+def lm_scores(lm, tokenizer: TextTokenizer, params: Params) -> dict[str, dict]:
+    """Bits per byte of the LM and of two compressors on each text (every window when lm_text_windows is 0)."""
+    scores = {}
+    block = lm.config.block_size
+    for name, source in params.evaluate.lm_texts.items():
+        raw = lm_text_bytes(source)
+        if source == "corpus":
+            ids, meta = load_token_stream(stage_dir("tokenizer") / "streams" / "corpus_test.bin")
+            bytes_per_token = meta.bytes_per_token
+        else:
+            ids = tokenizer.encode_to_array(raw.decode("utf-8"))
+            bytes_per_token = len(raw) / len(ids)
+        metrics = evaluate_lm(
+            lm, ids, block, params.evaluate.batch_size, params.evaluate.lm_text_windows, bytes_per_token
+        )
+        scores[name] = {
+            **metrics,
+            "bytes": len(raw),
+            "xz_bits_per_byte": 8 * len(lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)) / len(raw),
+            "gzip_bits_per_byte": 8 * len(gzip.compress(raw, compresslevel=9, mtime=0)) / len(raw),
+        }
+    return scores
 
 
 def sample_texts(lm, tokenizer, s) -> list[str]:
@@ -58,50 +74,18 @@ def sample_texts(lm, tokenizer, s) -> list[str]:
     return samples
 
 
-def classification_results(params: Params, pad_id: int) -> dict:
-    """Every classifier on the labeled test split, with intervals and paired differences."""
-    test_set = load_labeled(stage_dir("tokenizer") / "streams" / "labeled_test.npz")
-    y_true = np.asarray(test_set.labels)
-    num_classes = len(params.ingest.labeled.labels)
-    predictions: dict[str, np.ndarray] = {}
-    for name in ("finetuned", "scratch"):
-        path = stage_dir("finetune") / "models" / name
-        if path.exists():
-            model, config = load_model(path)
-            if isinstance(model, SequenceClassifier):
-                predictions[name], _ = predict_classes(
-                    model, test_set, pad_id, config["max_len"], params.evaluate.batch_size
-                )
-    tfidf, train_labels = tfidf_predictions(stage_dir("ingest"), params.ingest.labeled.labels)
-    if params.evaluate.tfidf_baseline:
-        predictions["tfidf_logreg"] = tfidf
-    predictions["majority"] = np.full_like(y_true, np.bincount(train_labels, minlength=num_classes).argmax())
-
-    results = {}
-    samples_n = params.evaluate.bootstrap_samples
-    reference = (predictions["finetuned"] == y_true) if "finetuned" in predictions else None
-    for name, predicted in predictions.items():
-        correct = predicted == y_true
-        entry = {
-            **classification_metrics(y_true, predicted, num_classes),
-            **bootstrap_accuracy(correct, None, samples_n),
-        }
-        if reference is not None and name != "finetuned":
-            paired = bootstrap_accuracy(reference, correct, samples_n)
-            entry.update(
-                finetuned_minus_this=paired["diff"],
-                diff_ci_low=paired["diff_ci_low"],
-                diff_ci_high=paired["diff_ci_high"],
-            )
-        results[name] = entry
-    return results
+def data_counts(params: Params) -> dict[str, dict]:
+    """Per source: read, repaired, quarantined, duplicates, kept (the corpus's and every task's)."""
+    counts = dict(json.loads((stage_dir("ingest") / "stats.json").read_text())["sources"])
+    for name in params.tasks:
+        counts.update(json.loads((stage_dir("tasks") / name / "stats.json").read_text())["sources"])
+    return counts
 
 
-def plot_curves(out: Path) -> Path | None:
-    curve_path = stage_dir("pretrain") / "curve.tsv"
-    if not curve_path.exists():
-        return None
-    curve = pd.read_csv(curve_path, sep="\t")
+def plot_pretraining(out: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    curve = pd.read_csv(stage_dir("pretrain") / "curve.tsv", sep="\t")
     figure, axis = plt.subplots(figsize=(6, 4))
     for column in ("train/loss", "val/loss"):
         if column in curve:
@@ -116,103 +100,56 @@ def plot_curves(out: Path) -> Path | None:
     return path
 
 
-def plot_accuracies(results: dict, out: Path) -> Path:
-    names = list(results)
-    figure, axis = plt.subplots(figsize=(6, 4))
-    accuracy = [results[n]["accuracy"] for n in names]
-    low = [results[n]["accuracy"] - results[n]["ci_low"] for n in names]
-    high = [results[n]["ci_high"] - results[n]["accuracy"] for n in names]
-    axis.bar(names, accuracy, yerr=[low, high], capsize=6, color="#4c78a8")
-    axis.set(ylim=(0, 1), ylabel="accuracy (95% bootstrap CI)", title="Classification, labeled test split")
-    figure.tight_layout()
-    path = out / "plots" / "classification_accuracy.png"
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
-
-
 def main() -> None:
     params = load_params()
-    tok_dir, pre_dir, ft_dir, out = (
-        stage_dir("tokenizer"),
-        stage_dir("pretrain"),
-        stage_dir("finetune"),
-        stage_dir("evaluate"),
-    )
+    pre_dir, out = stage_dir("pretrain"), stage_dir("evaluate")
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    upstream = {"pretrain": pre_dir, "finetune": ft_dir}
-    with tracking.stage_run(
-        "evaluate", params.tracking.experiment, {"evaluate": load_raw_params()["evaluate"]}, out, upstream
-    ):
+    upstream = {"pretrain": pre_dir, **{f"finetune@{t}": stage_dir("finetune") / t for t in params.tasks}}
+    raw = load_raw_params()
+    with tracking.stage_run("evaluate", params.tracking.experiment, {"evaluate": raw["evaluate"]}, out, upstream):
         clock = ComputeClock()
         with clock.measure():
             tokenizer = load_tokenizer(
-                tok_dir / "tokenizer.json", params.tokenizer.eot_token, params.tokenizer.pad_token
+                stage_dir("tokenizer") / "tokenizer.json", params.tokenizer.eot_token, params.tokenizer.pad_token
             )
             lm, _ = load_model(pre_dir / "model")
-            metrics: dict = {"lm": lm_metrics(lm, params, tokenizer.sha256())}
+            lm_results = lm_scores(lm, tokenizer, params)
             samples = sample_texts(lm, tokenizer, params.evaluate.samples)
-            classification = classification_results(params, tokenizer.pad_id)
-        (out / "samples.txt").write_text("\n".join(samples))
-        metrics["classification"] = classification
-        json_dump(
-            out / "metrics.json",
+        results = {
+            name: json.loads((stage_dir("finetune") / name / "results.json").read_text()) for name in params.tasks
+        }
+        summary = build_summary(
+            results,
             {
-                **metrics,
-                "classification": {
-                    k: {m: v for m, v in r.items() if m != "confusion_matrix"} for k, r in classification.items()
-                },
+                k: {m: v[m] for m in ("bits_per_byte", "xz_bits_per_byte", "gzip_bits_per_byte", "bytes")}
+                for k, v in lm_results.items()
             },
         )
-        json_dump(out / "confusion_matrices.json", {k: r["confusion_matrix"] for k, r in classification.items()})
-
-        plots = [p for p in (plot_curves(out), plot_accuracies(classification, out)) if p is not None]
-        report = render_report(metrics, params, samples, [p.name for p in plots])
+        plots = [plot_pretraining(out), plot_generality(summary, out / "plots" / "generality.png")]
+        plots += [
+            plot_curve(name, r["curve"], test_size(r), out / "plots" / f"curve_{name}.png")
+            for name, r in results.items()
+            if r["curve"]
+        ]
+        json_dump(out / "summary.json", summary)
+        metrics = {
+            "lm": lm_results,
+            "tasks_mean": summary["tasks_mean"],
+            "tasks": {t: {m: e["accuracy"] for m, e in s.items()} for t, s in summary["tasks"].items()},
+        }
+        json_dump(out / "metrics.json", metrics)
+        (out / "samples.txt").write_text("\n".join(samples))
+        report = render_report(summary, results, data_counts(params), [p.name for p in plots], samples)
         (out / "report.md").write_text(report)
         tracking.log_metrics(metrics)
         tracking.log_metrics(clock.metrics())
-        tracking.log_artifacts(
-            out / "metrics.json", out / "report.md", out / "samples.txt", out / "confusion_matrices.json"
-        )
+        tracking.log_artifacts(out / "summary.json", out / "metrics.json", out / "report.md", out / "samples.txt")
         tracking.log_artifacts(out / "plots")
-        logger.info("evaluation:\n%s", report)
-
-
-def render_report(metrics: dict, params: Params, samples: list[str], plots: list[str]) -> str:
-    lines = [
-        "# Evaluation report",
-        "",
-        "## Language model (pretrained)",
-        "",
-        "| data | loss | perplexity | bits/byte | top-1 | top-5 |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for name, m in metrics["lm"].items():
-        lines.append(
-            f"| {name} | {m['loss']:.4f} | {m['perplexity']:.2f} | {m['bits_per_byte']:.4f} | {m['top1_accuracy']:.4f} | {m['top5_accuracy']:.4f} |"
+        logger.info(
+            "evaluation: mean test accuracy %s; LM %s",
+            summary["tasks_mean"],
+            {k: round(v["bits_per_byte"], 3) for k, v in lm_results.items()},
         )
-    lines += [
-        "",
-        "## Classification (labeled test split)",
-        "",
-        "| model | accuracy | 95% CI | macro-F1 | finetuned minus this (95% CI) |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for name, m in metrics["classification"].items():
-        diff = (
-            f"{m['finetuned_minus_this']:+.4f} ({m['diff_ci_low']:+.4f}, {m['diff_ci_high']:+.4f})"
-            if "finetuned_minus_this" in m
-            else "-"
-        )
-        lines.append(
-            f"| {name} | {m['accuracy']:.4f} | {m['ci_low']:.4f}-{m['ci_high']:.4f} | {m['macro_f1']:.4f} | {diff} |"
-        )
-    lines += ["", "Label order: " + ", ".join(params.ingest.labeled.label_names), ""]
-    for name, m in metrics["classification"].items():
-        lines.append(f"- confusion matrix {name} (rows true, columns predicted): {m['confusion_matrix']}")
-    lines += ["", "## Plots", ""] + [f"![{p}](plots/{p})" for p in plots]
-    lines += ["", "## Samples", "", "```", *samples, "```", ""]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -57,8 +57,8 @@ def main() -> None:
             tokenizer = load_tokenizer(
                 tok_dir / "tokenizer.json", params.tokenizer.eot_token, params.tokenizer.pad_token
             )
-            train_data, _ = open_stream("pretrain_train", tokenizer.sha256())
-            val_data, _ = open_stream("pretrain_validation", tokenizer.sha256())
+            train_data, _ = open_stream("corpus_train", tokenizer.sha256())
+            val_data, _ = open_stream("corpus_validation", tokenizer.sha256())
             model_values = {**params.model.config_values(), "vocab_size": tokenizer.vocab_size}
             config = build_model_config(arch, model_values, f"model.{arch}")
             block_size, batch_size = config.block_size, params.pretrain.batch_size
@@ -77,7 +77,7 @@ def main() -> None:
                     params.pretrain,
                     lambda g: get_batch(train_data, batch_size, block_size, g),
                     lm_loss,
-                    evaluate=lm_evaluator("pretrain_validation", tokenizer.sha256(), block_size, params),
+                    evaluate=lm_evaluator("corpus_validation", tokenizer.sha256(), block_size, params),
                     log=fan_out(
                         tracking.metric_logger(), curve, history, Progress(params.pretrain.max_steps, "pretrain")
                     ),

@@ -1,32 +1,34 @@
-"""tokenizer: train the tokenizer on the train splits, write tokenizer.json and the token streams.
+"""tokenizer: train the tokenizer on the corpus's train split; encode every split as a token stream.
 
-Streams in `streams/`: `<table>_<split>.bin` (+ JSON sidecar) for every split of both tables, documents joined
-by the end-of-text token; labeled examples as `labeled_<split>.npz` for classification.
+The corpus table is read in batches, so memory stays flat whatever its size. Streams in
+`streams/`: `corpus_<split>.bin` (+ JSON sidecar), documents joined by the end-of-text token.
+The tasks' texts are encoded by their own `prepare@<task>` stages with this tokenizer, so adding
+a task retrains neither the tokenizer nor the pretrained model.
 """
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
+from collections.abc import Iterator
+from pathlib import Path
 
-from lmcore.data import LabeledExamples, save_labeled, write_token_stream
-from lmcore.tokenizer import TextTokenizer, train_tokenizer
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from lmcore.data import TokenStreamWriter
+from lmcore.tokenizer import train_tokenizer
 from pipelines import tracking
 from pipelines.corpus import json_dump
+from pipelines.data_params import SPLITS
 from pipelines.params import load_params, load_raw_params
 from pipelines.stages.common import ComputeClock, logger, run_stage, stage_dir
 
-SPLITS = ("train", "validation", "test")
+READ_ROWS = 4096
 
 
-def encode_documents(tokenizer: TextTokenizer, texts: list[str]) -> tuple[np.ndarray, int]:
-    """All documents as one stream, each followed by end-of-text; and their UTF-8 byte count."""
-    pieces = []
-    for start in range(0, len(texts), 4096):
-        for ids in tokenizer.encode_batch(texts[start : start + 4096]):
-            pieces.append(np.asarray([*ids, tokenizer.eot_id], dtype=np.int64))
-    stream = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
-    return stream, sum(len(t.encode()) + 1 for t in texts)
+def split_texts(table: Path, split: str) -> Iterator[str]:
+    """The texts of one split of a parquet table, a batch of rows at a time."""
+    for batch in pq.ParquetFile(table).iter_batches(batch_size=READ_ROWS, columns=["text", "split"]):
+        yield from batch.filter(pc.equal(batch["split"], split))["text"].to_pylist()
 
 
 def main() -> None:
@@ -34,41 +36,21 @@ def main() -> None:
     ingested, out = stage_dir("ingest"), stage_dir("tokenizer")
     streams = out / "streams"
     streams.mkdir(parents=True, exist_ok=True)
+    corpus = ingested / "corpus.parquet"
     upstream = {"ingest": ingested, "validate": stage_dir("validate")}
     with tracking.stage_run(
         "tokenizer", params.tracking.experiment, {"tokenizer": load_raw_params()["tokenizer"]}, out, upstream
     ):
         clock = ComputeClock()
         with clock.measure():
-            tables = {
-                "pretrain": pd.read_parquet(ingested / "pretrain.parquet", columns=["text", "split"]),
-                "labeled": pd.read_parquet(ingested / "labeled.parquet", columns=["text", "split", "label"]),
-            }
-            corpus = [
-                t
-                for name in params.tokenizer.train_on
-                for t in tables[name].loc[tables[name]["split"] == "train", "text"]
-            ]
-            tokenizer = train_tokenizer(corpus, params.tokenizer.tokenizer_config())
+            tokenizer = train_tokenizer(split_texts(corpus, "train"), params.tokenizer)
             tokenizer.save(out / "tokenizer.json")
             stats: dict = {"vocab_size": tokenizer.vocab_size, "tokenizer_sha256": tokenizer.sha256()}
-            label_index = {label: i for i, label in enumerate(params.ingest.labeled.labels)}
-            for name, frame in tables.items():
-                for split in SPLITS:
-                    part = frame[frame["split"] == split]
-                    stream, num_bytes = encode_documents(tokenizer, part["text"].tolist())
-                    write_token_stream(
-                        streams / f"{name}_{split}.bin", stream, tokenizer.vocab_size, num_bytes, tokenizer.sha256()
-                    )
-                    stats[f"{name}_{split}"] = {
-                        "tokens": int(stream.size),
-                        "bytes_per_token": num_bytes / max(stream.size, 1),
-                    }
-                    if name == "labeled":
-                        examples = LabeledExamples(
-                            tokenizer.encode_batch(part["text"].tolist()), [label_index[v] for v in part["label"]]
-                        )
-                        save_labeled(streams / f"labeled_{split}.npz", examples, tokenizer.vocab_size)
+            for split in SPLITS:
+                with TokenStreamWriter(streams / f"corpus_{split}.bin", tokenizer.vocab_size, tokenizer.sha256()) as w:
+                    tokenizer.write_documents(split_texts(corpus, split), w)
+                meta = w.meta
+                stats[f"corpus_{split}"] = {"tokens": meta.num_tokens, "bytes_per_token": meta.bytes_per_token}
         json_dump(out / "stats.json", stats)
         tracking.log_metrics({**{k: v for k, v in stats.items() if isinstance(v, dict)}, **clock.metrics()})
         tracking.log_artifacts(out / "tokenizer.json", out / "stats.json")

@@ -1,8 +1,9 @@
-"""validate: Great Expectations suites over the ingested tables; a failure stops the pipeline.
+"""validate: Great Expectations suites over the ingested corpus; a failure stops the pipeline.
 
 On success the results, a summary and Data Docs replace `outputs/validate`. On failure they go
 to `outputs/validate-failed` instead (the last good run's outputs stay), the failed
-expectations are printed with counts and examples, and the stage exits 1.
+expectations are printed with counts and examples, and the stage exits 3. The tasks' labeled
+tables are validated by the same suites in their `prepare@<task>` stages.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import pandas as pd
 from pipelines import tracking
 from pipelines.corpus import json_dump
 from pipelines.params import load_params, load_raw_params
-from pipelines.stages.common import fresh_dir, logger, run_stage, stage_dir, swap_in
+from pipelines.stages.common import VALIDATION_FAILED_EXIT, fresh_dir, logger, run_stage, stage_dir, swap_in
+from pipelines.tables import read_quarantine
 
 SPLITS = ["train", "validation", "test"]
 
@@ -27,19 +29,22 @@ def main() -> None:
     tmp = fresh_dir(out)
     raw = load_raw_params()
     with tracking.stage_run(
-        "validate", params.tracking.experiment, {"validate": raw["validate"]}, tmp, upstream={"ingest": ingested}
+        "validate",
+        params.tracking.experiment,
+        {"validate": raw["validate"], "data": raw["data"]},
+        tmp,
+        upstream={"ingest": ingested},
     ) as run:
-        from pipelines.expectations import validate_tables  # GE costs 3-4 s to import; only here
+        from pipelines.expectations import Table, validate_tables  # GE costs 3-4 s to import; only here
 
-        tables = {
-            "pretrain": (pd.read_parquet(ingested / "pretrain.parquet"), None, SPLITS),
-            "labeled": (pd.read_parquet(ingested / "labeled.parquet"), params.ingest.labeled.labels, SPLITS),
-        }
-        success, failures, results = validate_tables(tables, params.validate, tmp / "data_docs")
+        quarantined = read_quarantine(ingested / "quarantine.jsonl")
+        tables = {"corpus": Table(pd.read_parquet(ingested / "corpus.parquet"), None, SPLITS, quarantined)}
+        success, failures, results = validate_tables(tables, params.data, params.validate, tmp / "data_docs")
         summary = {
             "success": success,
             "failed_expectations": [f.describe() for f in failures],
-            "rows": {name: len(frame) for name, (frame, _, _) in tables.items()},
+            "rows": {name: len(table.frame) for name, table in tables.items()},
+            "quarantined": len(quarantined),
         }
         json_dump(tmp / "summary.json", summary)
         json_dump(tmp / "results.json", results)
@@ -58,7 +63,7 @@ def main() -> None:
                 message,
             )
             print(f"VALIDATION FAILED:\n{message}", file=sys.stdout, flush=True)
-            raise SystemExit(1)
+            raise SystemExit(VALIDATION_FAILED_EXIT)
     swap_in(tmp, out)
     shutil.rmtree(failed_dir, ignore_errors=True)
     logger.info("validation passed: %s", summary["rows"])

@@ -30,7 +30,7 @@ import pandas as pd
 import psutil
 import requests
 
-from pipelines.params import ROOT, flatten, read_yaml
+from pipelines.params import ROOT, flatten, read_yaml, stage_definition
 
 logger = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", module="sqlalchemy")
@@ -93,10 +93,10 @@ def _git(*args: str) -> str:
         return ""
 
 
-def dependency_hashes(stage: str) -> dict[str, str]:
-    """The DVC hash of each input of `stage`: from dvc.lock for upstream outputs, md5 for files."""
-    dvc_yaml = read_yaml(ROOT / "dvc.yaml")
-    deps = dvc_yaml["stages"][stage].get("deps", [])
+def dependency_hashes(stage: str, task: str | None = None) -> dict[str, str]:
+    """The DVC hash of each input of `stage` (for a foreach stage, its `task` entry's): from
+    dvc.lock for upstream outputs, md5 for files."""
+    deps = stage_definition(f"{stage}@{task}" if task else stage).get("deps", [])
     lock_path = ROOT / "dvc.lock"
     lock = read_yaml(lock_path) if lock_path.exists() else {}
     recorded = {}
@@ -120,9 +120,15 @@ def read_run_info(stage_dir: Path) -> dict[str, str] | None:
 
 @contextlib.contextmanager
 def stage_run(
-    stage: str, experiment: str, params: dict[str, Any], out_dir: Path, upstream: dict[str, Path] | None = None
+    stage: str,
+    experiment: str,
+    params: dict[str, Any],
+    out_dir: Path,
+    upstream: dict[str, Path] | None = None,
+    task: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run for one stage execution; writes `<out_dir>/run.json` when it succeeds."""
+    """An MLflow run for one stage execution (of one task, for `prepare@<task>` and
+    `finetune@<task>`: tagged `task`); writes `<out_dir>/run.json` when it succeeds."""
     configure(experiment)
     links = {name: read_run_info(path) for name, path in (upstream or {}).items()}
     # An orchestrated run (Prefect) names the group; a plain `dvc repro` inherits its upstream's.
@@ -138,9 +144,11 @@ def stage_run(
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower(),
         **{f"upstream.{name}": info["run_id"] for name, info in links.items() if info},
-        **{f"dvc.dep.{path}": digest for path, digest in dependency_hashes(stage).items()},
+        **{f"dvc.dep.{path}": digest for path, digest in dependency_hashes(stage, task).items()},
+        **({"task": task} if task else {}),
     }
-    with mlflow.start_run(run_name=stage, tags=tags, parent_run_id=parent) as run:
+    run_name = f"{stage}@{task}" if task else stage
+    with mlflow.start_run(run_name=run_name, tags=tags, parent_run_id=parent) as run:
         flat = {k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in flatten(params).items()}
         items = list(flat.items())
         for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
@@ -205,6 +213,21 @@ def metric_logger(prefix: str = "") -> Callable[[int, dict[str, float]], None]:
 
     def log(step: int, metrics: dict[str, float]) -> None:
         mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in metrics.items()}, step=step)
+
+    return log
+
+
+def log_child_run(task: str) -> Callable[[dict[str, Any]], None]:
+    """A sink for the label-budget curve: each point a nested run under the stage's run, with its
+    labels, seed and model as params and its scores as metrics."""
+    parent = mlflow.active_run()
+
+    def log(point: dict[str, Any]) -> None:
+        name = f"{task} {point['model']} labels={point['labels']} seed={point['seed']}"
+        tags = {"stage": "curve", "task": task, "pipeline_group": parent.data.tags.get("pipeline_group", "")}
+        with mlflow.start_run(run_name=name, nested=True, tags=tags):
+            mlflow.log_params({k: point[k] for k in ("labels", "seed", "model")})
+            mlflow.log_metrics({k: v for k, v in point.items() if k not in ("labels", "seed", "model")})
 
     return log
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
 import shutil
 import sqlite3
@@ -16,12 +17,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 
 TINY_PARAMS = {
-    "ingest": {
-        "pretrain": {"sources": ["data/tinyshakespeare/input.txt"]},
-        "labeled": {"validation_fraction": 0.1},
-    },
+    "ingest": {"validation_fraction": 0.15, "test_fraction": 0.15},
     "validate": {"min_docs_per_split": 5, "min_chars_per_split": 500},
-    "tokenizer": {"vocab_size": 300},
+    "tokenizer": {"vocab_size": 300, "max_train_chars": 0},
     "model": {
         "gpt": {"block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32},
         "lstm": {"block_size": 32, "n_layer": 1, "n_embd": 32, "n_hidden": 32},
@@ -37,9 +35,10 @@ TINY_PARAMS = {
         "peak_flops": 1.0e9,
     },
     "finetune": {
-        "max_len": 32,
         "lm_steps": 10,
         "lm_batch_size": 8,
+        "epochs": 1,
+        "min_steps": 10,
         "train": {
             "max_steps": 30,
             "batch_size": 16,
@@ -50,8 +49,14 @@ TINY_PARAMS = {
             "peak_flops": 1.0e9,
         },
     },
-    "evaluate": {"num_windows": 40, "bootstrap_samples": 200, "samples": {"max_new_tokens": 20}},
+    "evaluate": {"num_windows": 40, "lm_text_windows": 40, "bootstrap_samples": 200, "samples": {"max_new_tokens": 20}},
     "tracking": {"experiment": "lmcore-test"},
+}
+# Two of the shipped tasks, one of each kind of source: a table with a fixed test file (sst2, also
+# scored on MR), and text lines whose label a pattern finds in a latin-1 file (trec).
+TINY_TASKS = {
+    "sst2": {"curve_labels": [20, 40], "curve_seeds": [2, 1], "test_on": ["mr"], "max_len": 32},
+    "trec": {"curve_labels": [], "curve_seeds": []},
 }
 
 
@@ -64,6 +69,16 @@ def deep_update(base: dict, overrides: dict) -> dict:
     return base
 
 
+def head_lines(source: Path, target: Path, lines: int, keep_header: bool = False) -> None:
+    """The first `lines` lines of a (gzipped) text file, written the same way."""
+    opener = gzip.open if source.suffix == ".gz" else open
+    with opener(source, "rb") as f:
+        head = [line for _, line in zip(range(lines + keep_header), f, strict=False)]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    raw = b"".join(head)
+    target.write_bytes(gzip.compress(raw, mtime=0) if source.suffix == ".gz" else raw)
+
+
 def make_project(path: Path) -> Path:
     """Copy code and config, a slice of each corpus, tiny params; a git repo with DVC."""
     path.mkdir(parents=True)
@@ -71,14 +86,18 @@ def make_project(path: Path) -> Path:
         shutil.copytree(ROOT / name, path / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", "pyproject.toml", ".gitignore", ".dvcignore"):
         shutil.copy(ROOT / name, path / name)
-    (path / "data/tinyshakespeare").mkdir(parents=True)
-    (path / "data/sst2").mkdir(parents=True)
-    text = (ROOT / "data/tinyshakespeare/input.txt").read_text()
-    (path / "data/tinyshakespeare/input.txt").write_text(text[:60_000])
-    for name, rows in (("train.tsv", 2000), ("dev.tsv", 200)):
-        lines = (ROOT / "data/sst2" / name).read_text().splitlines(keepends=True)
-        (path / "data/sst2" / name).write_text("".join(lines[: rows + 1]))
-    params = deep_update(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY_PARAMS)
+    data = ROOT / "data"
+    head_lines(data / "imdb/unsup.jsonl.gz", path / "data/imdb/unsup.jsonl.gz", 300)
+    head_lines(data / "sst2/train.tsv", path / "data/sst2/train.tsv", 2000, keep_header=True)
+    head_lines(data / "sst2/dev.tsv", path / "data/sst2/dev.tsv", 200, keep_header=True)
+    for name in ("trec/TREC.train", "trec/TREC.test", "mr/rt-polarity.neg", "mr/rt-polarity.pos"):
+        head_lines(data / name, path / "data" / name, 300)
+    for name in ("wikitext2/test.txt", "tinyshakespeare/input.txt"):
+        head_lines(data / name, path / "data" / name, 200)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["tasks"] = {name: deep_update(params["tasks"][name], changes) for name, changes in TINY_TASKS.items()}
+    params["test_sets"] = {"mr": params["test_sets"]["mr"]}
+    deep_update(params, TINY_PARAMS)
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.email=test@localhost", "-c", "user.name=test"]
     subprocess.run(["git", "init", "-q"], cwd=path, check=True)

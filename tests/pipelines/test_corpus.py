@@ -7,11 +7,20 @@ import threading
 import pandas as pd
 import pytest
 
-from pipelines.corpus import SourceError, assign_split, expand_sources, iter_records, iter_text_documents, text_hash
+from pipelines.corpus import (
+    ReadSpec,
+    SourceError,
+    assign_split,
+    expand_sources,
+    iter_records,
+    iter_text_documents,
+    text_hash,
+)
 
 
-def records(location, rule="blank_line", text_field="text", label_field=None, chunk_rows=3):
-    return [r for chunk in iter_records(str(location), rule, text_field, label_field, chunk_rows) for r in chunk]
+def records(location, rule="blank_line", text_field="text", label_field=None, chunk_rows=3, **spec):
+    spec = ReadSpec(document_split=rule, text_field=text_field, label_field=label_field, **spec)
+    return [r for chunk in iter_records(str(location), spec, chunk_rows) for r in chunk]
 
 
 def test_text_is_normalised_and_split_into_documents(tmp_path):
@@ -146,3 +155,45 @@ def test_split_assignment_is_stable_and_proportional():
     # Adding documents never moves an old one: the split depends on its own hash only.
     assert splits[:100] == [assign_split(d, "salt", 0.1, 0.05) for d in digests[:100]]
     assert splits != [assign_split(d, "other salt", 0.1, 0.05) for d in digests]
+
+
+def test_labeled_text_lines_by_pattern_and_by_source_label(tmp_path):
+    import re
+
+    trec = tmp_path / "TREC.train"
+    trec.write_bytes("DESC:manner How did serfdom develop ?\nNUM:date When was Caf\xe9 opened ?\n".encode("latin-1"))
+    pattern = re.compile(r"(?P<label>[A-Z]+):\S+ (?P<text>.+)")
+    found = records(trec, "line", label_field="label", pattern=pattern, encoding="latin-1", format="text")
+    assert [(r.row, r.label, r.text) for r in found] == [
+        (1, "DESC", "How did serfdom develop ?"),
+        (2, "NUM", "When was Caf\u00e9 opened ?"),
+    ]
+    positive = tmp_path / "rt-polarity.pos"
+    positive.write_text("a fine film .\n\nwitty .\n")
+    assert [(r.label, r.text) for r in records(positive, "line", label="pos", format="text")] == [
+        ("pos", "a fine film ."),
+        ("pos", "witty ."),
+    ]
+    with pytest.raises(
+        SourceError, match="rt-polarity.pos: unsupported file type '.pos'.* or give the source a format"
+    ):
+        records(positive, "line", label="pos")
+
+
+def test_a_line_that_breaks_the_pattern_or_the_encoding_is_named(tmp_path):
+    import re
+
+    sms = tmp_path / "sms.txt"
+    sms.write_text("ham\tfine\nspam\tWIN now\nmaybe\tthis\n")
+    pattern = re.compile(r"(?P<label>ham|spam)\t(?P<text>.*)")
+    with pytest.raises(SourceError, match=r"sms.txt: line 3 does not match the pattern"):
+        records(sms, "line", label_field="label", pattern=pattern)
+    with pytest.raises(SourceError, match="a text file needs a source label or a pattern"):
+        records(sms, "line", label_field="label")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(SourceError, match="latin.txt: invalid UTF-8 at byte offset 3"):
+        records(latin, "line")
+    with pytest.raises(SourceError, match="latin.txt: invalid cp1252 at byte offset 0"):
+        latin.write_bytes(b"\x81 undefined in cp1252\n")
+        records(latin, "line", encoding="cp1252")

@@ -23,7 +23,16 @@ from pipelines.dvc_runner import (
 from pipelines.flow import checkout_lock, is_transient, metrics_markdown, run_stage_task
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ["ingest", "validate", "tokenizer", "pretrain", "finetune", "evaluate"]
+TASKS = ["sst2", "imdb", "trec", "sms_spam", "subj"]
+STAGES = [
+    "ingest",
+    "validate",
+    "tokenizer",
+    "pretrain",
+    *(f"prepare@{task}" for task in TASKS),
+    *(f"finetune@{task}" for task in TASKS),
+    "evaluate",
+]
 
 
 def test_stage_order_is_read_from_dvc_yaml():
@@ -100,7 +109,8 @@ def test_overrides_are_applied_like_dvc_exp_run(tmp_path):
 
 
 def test_force_from_selects_the_stage_and_everything_after():
-    assert stages_from(STAGES, "finetune") == {"finetune", "evaluate"}
+    assert stages_from(STAGES, "finetune") == {*(f"finetune@{task}" for task in TASKS), "evaluate"}
+    assert stages_from(STAGES, "finetune@sms_spam") == {"finetune@sms_spam", "finetune@subj", "evaluate"}
     assert stages_from(STAGES, None) == set()
     with pytest.raises(ValueError, match="force_from='trian'"):
         stages_from(STAGES, "trian")

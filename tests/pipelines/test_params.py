@@ -32,18 +32,21 @@ def test_the_shipped_params_load():
         (lambda p: p["finetune"]["train"].pop("learning_rate"), "missing config key 'finetune.train.learning_rate'"),
         (lambda p: p.update(trainng={}), "unknown config key 'trainng'"),
         (lambda p: p["finetune"].update(length_buckets=0), "finetune.length_buckets must be at least 1, got 0"),
+        (lambda p: p["finetune"].update(epochs=0), "finetune.epochs must be positive, got 0"),
         (lambda p: p["tokenizer"].update(kind="wordpiece"), "'tokenizer.kind' must be one of"),
         (lambda p: p["tokenizer"].update(eot_token="<eos>"), "tokenizer.eot_token='<eos>' is not listed"),
+        (lambda p: p["tokenizer"].update(max_train_chars=-1), "tokenizer.max_train_chars must be >= 0"),
         (lambda p: p["pretrain"].update(batch_size=0), "pretrain.batch_size must be positive, got 0"),
         (lambda p: p["finetune"]["train"].update(beta2=1.5), r"finetune.train.beta2 must be in \[0, 1\), got 1.5"),
         (lambda p: p["model"]["gru"].update(dropout=1.0), r"model.gru.dropout must be in \[0, 1\)"),
         (
-            lambda p: p["ingest"]["pretrain"].update(validation_fraction=0.5, test_fraction=0.5),
-            "ingest.pretrain.validation_fraction \\+ test_fraction = 1.0 leaves no training documents",
+            lambda p: p["ingest"].update(validation_fraction=0.5, test_fraction=0.5),
+            "ingest.validation_fraction \\+ test_fraction = 1.0 leaves no training documents",
         ),
-        (lambda p: p["ingest"]["labeled"].update(validation_fraction=-0.1), "ingest.labeled.validation_fraction"),
-        (lambda p: p["ingest"].update(chunk_rows=0), "ingest.chunk_rows must be at least 1, got 0"),
-        (lambda p: p["ingest"]["pretrain"].update(sources=[]), "ingest.pretrain.sources is empty"),
+        (lambda p: p["tasks"]["sst2"].update(validation_fraction=-0.1), "tasks.sst2.validation_fraction"),
+        (lambda p: p["data"].update(chunk_rows=0), "data.chunk_rows must be at least 1, got 0"),
+        (lambda p: p["ingest"].update(sources=[]), "ingest.sources is empty"),
+        (lambda p: p.update(tasks={}), "tasks is empty"),
         (
             lambda p: p["finetune"]["train"].update(early_stopping_metric="acc"),
             r"finetune.train.early_stopping_metric='acc' is not reported by its evaluation: one of \['accuracy'",
@@ -53,30 +56,59 @@ def test_the_shipped_params_load():
             "pretrain.early_stopping_metric='accuracy' is not reported",
         ),
         (
-            lambda p: (p["model"].update(arch="gpt"), p["finetune"].update(max_len=256)),
-            "finetune.max_len=256 exceeds model.gpt.block_size=128",
+            lambda p: (p["model"].update(arch="gpt"), p["tasks"]["imdb"].update(max_len=512)),
+            "tasks.imdb.max_len=512 exceeds model.gpt.block_size=256",
         ),
         (
-            lambda p: p["ingest"]["labeled"].update(labels=["0", "0"]),
-            r"ingest.labeled.labels must be two or more distinct values, got \['0', '0'\]",
+            lambda p: p["tasks"]["sst2"].update(labels=["0", "0"]),
+            r"tasks.sst2.labels must be two or more distinct values, got \['0', '0'\]",
         ),
         (
-            lambda p: p["ingest"]["labeled"].update(labels=["0", "1", "2"]),
-            "ingest.labeled.label_names has 2 names for 3 labels",
+            lambda p: p["tasks"]["sst2"].update(labels=["0", "1", "2"]),
+            "tasks.sst2.label_names has 2 names for 3 labels",
         ),
-        (lambda p: p["tokenizer"].update(train_on=[]), "tokenizer.train_on must name pretrain, labeled or both"),
         (
-            lambda p: p["tokenizer"].update(special_tokens=["<|endoftext|>", "<|pad|>", "<|pad|>"]),
-            "tokenizer.special_tokens lists a token twice",
+            lambda p: p["tasks"]["sst2"].update(curve_seeds=[3]),
+            "tasks.sst2.curve_seeds has 1 entries for 4 curve_labels",
         ),
-        (lambda p: p["validate"].update(min_chars=10, max_chars=5), "validate.min_chars=10 is above max_chars=5"),
-        (lambda p: p["validate"].update(max_class_share=1.5), r"validate.max_class_share must be in \[0, 1\]"),
+        (
+            lambda p: p["tasks"]["sst2"].update(curve_labels=[300, 100, 1000, 3000]),
+            r"tasks.sst2.curve_labels must increase",
+        ),
+        (
+            lambda p: p["tasks"]["sst2"].update(test_on=["mrr"]),
+            "tasks.sst2.test_on names 'mrr', which is not in test_sets",
+        ),
+        (
+            lambda p: p["tasks"]["sst2"].update(test_on=["mr"], label_names=["bad", "good"]),
+            r"tasks.sst2.test_on: test set 'mr' has label_names \['negative', 'positive'\], the task \['bad', 'good'\]",
+        ),
+        (lambda p: p["tasks"].update({"SST 2": p["tasks"]["sst2"]}), "name 'SST 2' must be lowercase"),
+        (
+            lambda p: p["tasks"]["trec"]["sources"][0].update(pattern="(?P<txt>.+)"),
+            r"needs the named groups \['label', 'text'\], has \['txt'\]",
+        ),
+        (
+            lambda p: p["test_sets"]["mr"]["sources"][0].update(label="negative"),
+            r"test_sets.mr.sources\[0\].label='negative' is not one of labels \['neg', 'pos'\]",
+        ),
+        (
+            lambda p: p["tasks"]["sst2"]["sources"][0].update(split="dev"),
+            r"'tasks.sst2.sources\[0\].split' must be one of",
+        ),
+        (
+            lambda p: p["tasks"]["sst2"]["sources"][0].update(encoding="utf-16"),
+            r"'tasks.sst2.sources\[0\].encoding' must be one of",
+        ),
+        (lambda p: p["data"].update(min_chars=10, max_chars=5), "data.min_chars=10 is above max_chars=5"),
+        (lambda p: p["tasks"]["sst2"].update(max_class_share=1.5), r"tasks.sst2.max_class_share must be in \[0, 1\]"),
         (lambda p: p["finetune"].update(classifier_dropout=1.0), r"finetune.classifier_dropout must be in \[0, 1\)"),
         (
-            lambda p: p["finetune"].update(lm_steps=0),
-            "finetune.lm_steps must be at least 1 for task lm_then_classification",
+            lambda p: p["finetune"].update(recipe="lm_then_classification", lm_steps=0),
+            "finetune.lm_steps must be at least 1 for recipe lm_then_classification",
         ),
         (lambda p: p["evaluate"].update(bootstrap_samples=0), "evaluate.bootstrap_samples must be at least 1, got 0"),
+        (lambda p: p["evaluate"].update(lm_texts={}), "evaluate.lm_texts is empty"),
         (lambda p: p["evaluate"]["samples"].update(top_p=0.0), r"evaluate.samples.top_p must be in \(0, 1\], got 0.0"),
         (lambda p: p["evaluate"]["samples"].update(temperature=-1), "evaluate.samples.temperature must be >= 0"),
         (
@@ -89,14 +121,10 @@ def test_the_shipped_params_load():
         ),
         (
             lambda p: (
-                p["finetune"].update(lm_batch_size=1, classifier_dropout=0.0),
+                p["finetune"].update(recipe="lm_then_classification", lm_batch_size=1, classifier_dropout=0.0),
                 p["finetune"]["train"].update(batch_threads=2),
             ),
             "finetune.train.batch_threads=2 is more than finetune.lm_batch_size=1",
-        ),
-        (
-            lambda p: p["ingest"]["labeled"]["sources"][0].update(split="dev"),
-            r"'ingest.labeled.sources\[0\].split' must be one of",
         ),
     ],
 )
@@ -107,20 +135,27 @@ def test_errors_name_file_and_key(tmp_path, mutate, message):
     assert str(path) in str(error.value)
 
 
-@pytest.mark.parametrize(
-    "mutate",
-    [
-        # task lm trains no classifier, so its dropout does not stop the LM phase from splitting
-        lambda p: (p["finetune"].update(task="lm"), p["finetune"]["train"].update(batch_threads=2)),
-        # task classification has no LM phase, so lm_batch_size does not bound the threads
-        lambda p: (
-            p["finetune"].update(task="classification", lm_batch_size=1, classifier_dropout=0.0),
-            p["finetune"]["train"].update(batch_threads=2),
-        ),
-    ],
-)
-def test_batch_threads_checks_only_the_phases_the_task_trains(tmp_path, mutate):
+def test_lm_batch_size_bounds_the_threads_only_when_the_recipe_has_an_lm_phase(tmp_path):
+    def mutate(p):
+        p["finetune"].update(recipe="classification", lm_batch_size=1, classifier_dropout=0.0)
+        p["finetune"]["train"].update(batch_threads=2)
+
     assert load_params(write(tmp_path, mutate)).finetune.train.batch_threads == 2
+
+
+def test_a_source_entry_may_leave_out_its_defaulted_keys(tmp_path):
+    params = load_params(ROOT / "params.yaml")
+    sst2 = params.tasks["sst2"].sources[0]
+    assert (sst2.label, sst2.pattern, sst2.encoding, sst2.format) == (None, None, "utf-8", "auto")
+
+
+def test_classifier_steps_are_epochs_within_bounds():
+    finetune = load_params(ROOT / "params.yaml").finetune
+    batch = finetune.train.batch_size
+    assert finetune.classifier_steps(10) == finetune.min_steps
+    assert finetune.classifier_steps(10**7) == finetune.train.max_steps
+    middle = int(finetune.min_steps * batch / finetune.epochs) + batch
+    assert finetune.classifier_steps(middle) == -(-finetune.epochs * middle // batch)
 
 
 def test_flatten():
@@ -150,7 +185,7 @@ def test_exponent_floats_load_as_dvc_writes_them(tmp_path):
     assert (params.pretrain.min_lr, params.pretrain.learning_rate) == (1e-5, 3e-4)
     assert params.finetune.train.min_lr == 2e-5
     assert load_raw_params(path)["pretrain"]["min_lr"] == 1e-5
-    assert params.ingest.split_salt == "lmcore-split-v1"  # strings stay strings
+    assert params.data.split_salt == "lmcore-split-v1"  # strings stay strings
 
 
 def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
@@ -166,7 +201,8 @@ def test_stage_params_are_the_values_of_the_keys_dvc_yaml_lists(tmp_path):
     pretrain = stage_params("pretrain", raw)
     assert set(pretrain) == {"model", "pretrain", "evaluate.num_windows", "evaluate.batch_size"}
     assert pretrain["evaluate.num_windows"] == raw["evaluate"]["num_windows"]
-    assert stage_params("finetune", raw)["ingest.labeled.label_names"] == raw["ingest"]["labeled"]["label_names"]
+    # a foreach stage's entry, for one task: ${key} filled in
+    assert stage_params("finetune@trec", raw)["tasks.trec"] == raw["tasks"]["trec"]
     dvc_yaml = tmp_path / "dvc.yaml"
     dvc_yaml.write_text(
         "stages:\n  s:\n    cmd: x\n    params:\n      - model.arch\n      - params.yaml:\n          - seed\n"

@@ -143,9 +143,10 @@ def test_deployment_run_completes_every_stage_and_tracks_in_mlflow(deployed):
     run, tasks, artifacts = flow_run_details(env, run_id_from(result.stdout))
     assert run.state.is_completed()
     markdown = [a for a in artifacts if a.key == "lmcore-metrics"]
-    assert len(markdown) == 1 and "classification.finetuned.accuracy" in markdown[0].data
+    assert len(markdown) == 1 and "tasks_mean.finetuned" in markdown[0].data
     names = sorted(t.name for t in tasks if t.state.is_completed())
-    assert names == sorted(["ingest", "validate", "tokenizer", "pretrain", "finetune", "evaluate"])
+    tasks = [f"{stage}@{task}" for stage in ("prepare", "finetune") for task in ("sst2", "trec")]
+    assert names == sorted(["ingest", "validate", "tokenizer", "pretrain", *tasks, "evaluate"])
 
     import mlflow
 
@@ -156,8 +157,12 @@ def test_deployment_run_completes_every_stage_and_tracks_in_mlflow(deployed):
     assert parent.data.tags["stage"] == "pipeline" and parent.info.status == "FINISHED"
     runs = mlflow.search_runs(experiment_names=["lmcore-test"], output_format="list")
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
-    assert sorted(r.data.tags["stage"] for r in children) == names
-    assert "classification.finetuned.accuracy" in parent.data.metrics
+    stages = [
+        f"{r.data.tags['stage']}@{r.data.tags['task']}" if "task" in r.data.tags else r.data.tags["stage"]
+        for r in children
+    ]
+    assert sorted(s for s in stages if not s.startswith("curve")) == names
+    assert "tasks_mean.finetuned" in parent.data.metrics
 
 
 def test_validation_failure_fails_the_flow_run_with_the_summary(deployed):

@@ -1,0 +1,192 @@
+"""The evaluation report: summary.json (a stable schema to gate CI on), report.md and its plots.
+
+summary.json:
+- `tasks.<task>.<model>`: {accuracy, macro_f1, ci_low, ci_high} for finetuned, scratch, tfidf
+  and majority on the task's test split; `tasks_mean.<model>`: the mean accuracy over tasks
+- `paired.<task>.<baseline>`: {diff, ci_low, ci_high}: finetuned minus the baseline, paired bootstrap
+- `curves.<task>`: [{labels, seed, model, accuracy}], the label-budget curve
+- `generalization.<task>.<test_set>`: {accuracy, ci_low, ci_high} of the task's finetuned classifier
+- `lm.<text>`: {bits_per_byte, xz_bits_per_byte, gzip_bits_per_byte, bytes}
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+MODELS = ("finetuned", "scratch", "tfidf", "majority")
+SCORE_KEYS = ("accuracy", "macro_f1", "ci_low", "ci_high")
+
+
+def build_summary(results: dict[str, dict], lm: dict[str, dict]) -> dict:
+    tasks = {
+        name: {m: {k: r["test"][m][k] for k in SCORE_KEYS} for m in MODELS if m in r["test"]}
+        for name, r in results.items()
+    }
+    summary = {
+        "tasks": tasks,
+        "tasks_mean": {
+            m: float(np.mean([t[m]["accuracy"] for t in tasks.values()]))
+            for m in MODELS
+            if all(m in t for t in tasks.values())
+        },
+        "paired": {
+            name: {
+                m: {"diff": e["finetuned_minus_this"], "ci_low": e["diff_ci_low"], "ci_high": e["diff_ci_high"]}
+                for m, e in r["test"].items()
+                if "finetuned_minus_this" in e
+            }
+            for name, r in results.items()
+        },
+        "curves": {
+            name: [{k: p[k] for k in ("labels", "seed", "model", "accuracy")} for p in r["curve"]]
+            for name, r in results.items()
+            if r["curve"]
+        },
+        "generalization": {
+            name: {
+                other: {k: e[k] for k in ("accuracy", "ci_low", "ci_high")} for other, e in r["generalization"].items()
+            }
+            for name, r in results.items()
+            if r["generalization"]
+        },
+        "lm": lm,
+    }
+    return summary
+
+
+def curve_bands(points: list[dict], test_size: int) -> dict[str, list[tuple[int, float, float, float]]]:
+    """Per model: (labels, mean accuracy, band low, band high) over seeds. The band is a 95% normal
+    interval from the seeds' spread plus the test split's own sampling error."""
+    bands: dict[str, list[tuple[int, float, float, float]]] = {}
+    for model in sorted({p["model"] for p in points}):
+        rows = []
+        for n in sorted({p["labels"] for p in points if p["model"] == model}):
+            accuracy = np.array([p["accuracy"] for p in points if p["model"] == model and p["labels"] == n])
+            mean = float(accuracy.mean())
+            spread = accuracy.var(ddof=1) / len(accuracy) if len(accuracy) > 1 else 0.0
+            se = math.sqrt(spread + mean * (1 - mean) / max(test_size, 1))
+            rows.append((n, mean, mean - 1.96 * se, mean + 1.96 * se))
+        bands[model] = rows
+    return bands
+
+
+def plot_generality(summary: dict, path: Path) -> Path:
+    names = list(summary["tasks"])
+    models = [m for m in MODELS if all(m in summary["tasks"][t] for t in names)]
+    figure, axis = plt.subplots(figsize=(max(6, 1.4 * len(names)), 4))
+    width = 0.8 / len(models)
+    for i, model in enumerate(models):
+        acc = [summary["tasks"][t][model]["accuracy"] for t in names]
+        low = [a - summary["tasks"][t][model]["ci_low"] for a, t in zip(acc, names, strict=True)]
+        high = [summary["tasks"][t][model]["ci_high"] - a for a, t in zip(acc, names, strict=True)]
+        axis.bar(np.arange(len(names)) + i * width, acc, width, yerr=[low, high], capsize=3, label=model)
+    axis.set_xticks(np.arange(len(names)) + width * (len(models) - 1) / 2, names)
+    axis.set(ylim=(0, 1), ylabel="test accuracy (95% bootstrap CI)", title="Generality: every task")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_curve(task: str, points: list[dict], test_size: int, path: Path) -> Path:
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for model, rows in curve_bands(points, test_size).items():
+        x, mean, low, high = (np.array(v) for v in zip(*rows, strict=True))
+        axis.plot(x, mean, marker="o", label=model)
+        axis.fill_between(x, low, high, alpha=0.2)
+    axis.set_xscale("log")
+    axis.set(xlabel="labeled training examples", ylabel="test accuracy", title=f"{task}: label-budget curve")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def _ci(entry: dict) -> str:
+    return f"{entry['accuracy']:.3f} ({entry['ci_low']:.3f}-{entry['ci_high']:.3f})"
+
+
+def render_report(
+    summary: dict, results: dict[str, dict], data_counts: dict, plots: list[str], samples: list[str]
+) -> str:
+    lines = ["# Evaluation report", "", "## Generality: test accuracy per task (95% bootstrap CI)", ""]
+    models = [m for m in MODELS if m in summary["tasks_mean"]]
+    lines += [
+        "| task | " + " | ".join(models) + " | finetuned - scratch | finetuned - tfidf |",
+        "|" + " --- |" * (len(models) + 3),
+    ]
+    for name, scores in summary["tasks"].items():
+        paired = summary["paired"][name]
+        diffs = [
+            f"{paired[b]['diff']:+.3f} ({paired[b]['ci_low']:+.3f}, {paired[b]['ci_high']:+.3f})"
+            if b in paired
+            else "-"
+            for b in ("scratch", "tfidf")
+        ]
+        lines.append(f"| {name} | " + " | ".join(_ci(scores[m]) for m in models) + " | " + " | ".join(diffs) + " |")
+    lines.append("| **mean** | " + " | ".join(f"{summary['tasks_mean'][m]:.3f}" for m in models) + " | | |")
+    if summary["generalization"]:
+        lines += [
+            "",
+            "## Generalization: each task's finetuned classifier out of domain",
+            "",
+            "| trained on | in domain | tested on | accuracy |",
+            "| --- | --- | --- | --- |",
+        ]
+        for name, sets in summary["generalization"].items():
+            for other, entry in sets.items():
+                lines.append(f"| {name} | {_ci(summary['tasks'][name]['finetuned'])} | {other} | {_ci(entry)} |")
+    for name, r in results.items():
+        if not r["curve"]:
+            continue
+        bands = curve_bands(r["curve"], test_size(r))
+        lines += [
+            "",
+            f"## Label-budget curve: {name} (mean over seeds, 95% band)",
+            "",
+            "| labels | " + " | ".join(bands) + " |",
+            "|" + " --- |" * (len(bands) + 1),
+        ]
+        for i, n in enumerate(row[0] for row in next(iter(bands.values()))):
+            lines.append(
+                f"| {n} | " + " | ".join(f"{b[i][1]:.3f} ({b[i][2]:.3f}-{b[i][3]:.3f})" for b in bands.values()) + " |"
+            )
+    lines += [
+        "",
+        "## Language model: bits per byte (lower is better)",
+        "",
+        "| text | bytes | LM | xz -9e | gzip -9 |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, m in summary["lm"].items():
+        lines.append(
+            f"| {name} | {m['bytes']:,} | {m['bits_per_byte']:.3f} | {m['xz_bits_per_byte']:.3f} | {m['gzip_bits_per_byte']:.3f} |"
+        )
+    lines += [
+        "",
+        "## Data: repairs and quarantine per source",
+        "",
+        "| source | read | mojibake repaired | markup stripped | quarantined | duplicates | kept |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for source, c in data_counts.items():
+        lines.append(
+            f"| {source} | {c.get('read', 0):,} | {c.get('repaired_mojibake', 0):,} | {c.get('repaired_markup', 0):,} | {c.get('quarantined', 0):,} | {c.get('duplicates_dropped', 0):,} | {c.get('kept', 0):,} |"
+        )
+    lines += ["", "## Plots", ""] + [f"![{p}](plots/{p})" for p in plots]
+    lines += ["", "## Samples from the pretrained model", "", "```", *samples, "```", ""]
+    return "\n".join(lines)
+
+
+def test_size(result: dict) -> int:
+    """Examples in a task's test split: the sum of a confusion matrix."""
+    return int(np.sum(result["test"]["finetuned"]["confusion_matrix"]))

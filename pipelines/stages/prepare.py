@@ -1,0 +1,120 @@
+"""prepare@<task>: one task's labeled data, read, repaired, split, validated and encoded.
+
+`python -m pipelines.stages.prepare <task>` reads `tasks.<task>` of params.yaml and the test sets
+it names in `test_on`; writes outputs/tasks/<task>/: `labeled.parquet` (every kept example with
+its split, source and row), `quarantine.jsonl`, `<split>.npz` with the pretraining tokenizer's
+ids, `train_text.bin` (the task's train texts as a token stream, for LM adaptation),
+`test_<set>.npz` per test set, `stats.json`, and the validation results with Data Docs. Like
+ingest and validate, it swaps its outputs in only after everything passed; a failed validation
+leaves them in outputs/tasks/<task>-failed and exits 3.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+from lmcore.data import save_labeled
+from lmcore.tokenizer import load_tokenizer
+from pipelines import tracking
+from pipelines.corpus import json_dump
+from pipelines.labeled import encode_examples, read_labeled, split_task, take_test_subset, write_task_streams
+from pipelines.params import load_params, load_raw_params
+from pipelines.stages.common import (
+    VALIDATION_FAILED_EXIT,
+    ComputeClock,
+    fresh_dir,
+    logger,
+    run_stage,
+    stage_dir,
+    swap_in,
+    task_argument,
+)
+from pipelines.tables import read_quarantine
+
+
+def main() -> None:
+    params = load_params()
+    name = task_argument(params)
+    task = params.tasks[name]
+    out, failed_dir = stage_dir("tasks") / name, stage_dir("tasks") / f"{name}-failed"
+    tmp = fresh_dir(out)
+    raw = load_raw_params()
+    logged = {f"tasks.{name}": raw["tasks"][name], "data": raw["data"], "validate": raw["validate"]}
+    upstream = {"tokenizer": stage_dir("tokenizer")}
+    with tracking.stage_run("prepare", params.tracking.experiment, logged, tmp, upstream, task=name) as run:
+        from pipelines.expectations import Table, validate_tables  # GE costs 3-4 s to import; only here
+
+        clock = ComputeClock()
+        with clock.measure():
+            frame, sources = read_labeled(task, params.data, tmp / "quarantine.jsonl")
+            table, dropped = split_task(frame, task, params.data.split_salt)
+            table.to_parquet(tmp / "labeled.parquet", index=False)
+            tables = {
+                name: Table(
+                    table, task.labels, ["train", "validation", "test"], read_quarantine(tmp / "quarantine.jsonl")
+                )
+            }
+            test_sets = {}
+            for other in task.test_on:
+                labeled = params.test_sets[other]
+                quarantine = tmp / f"test_{other}.quarantine.jsonl"
+                frame, counts = read_labeled(labeled, params.data, quarantine)
+                sources.update(counts)
+                test_sets[other] = take_test_subset(
+                    frame.assign(split="test"), labeled.test_subset, params.data.split_salt
+                )
+                tables[f"{name}.test_{other}"] = Table(
+                    test_sets[other], labeled.labels, ["test"], read_quarantine(quarantine)
+                )
+            success, failures, results = validate_tables(tables, params.data, params.validate, tmp / "data_docs")
+        summary = {"success": success, "failed_expectations": [f.describe() for f in failures]}
+        json_dump(tmp / "validation.json", {**summary, "results": results})
+        tracking.log_artifacts(tmp / "validation.json")
+        if not success:
+            shutil.rmtree(failed_dir, ignore_errors=True)
+            tmp.rename(failed_dir)
+            message = "\n".join(f"  - {line}" for line in summary["failed_expectations"])
+            logger.error(
+                "task %s: data validation failed; results in %s; MLflow run %s\n%s",
+                name,
+                failed_dir,
+                run.info.run_id,
+                message,
+            )
+            print(f"VALIDATION FAILED:\n{message}", file=sys.stdout, flush=True)
+            raise SystemExit(VALIDATION_FAILED_EXIT)
+        with clock.measure():
+            tokenizer = load_tokenizer(
+                stage_dir("tokenizer") / "tokenizer.json", params.tokenizer.eot_token, params.tokenizer.pad_token
+            )
+            stats = {"splits": write_task_streams(tokenizer, table, task, tmp), "sources": sources}
+            stats["dropped_inside_validation_texts"] = dropped
+            for other, frame in test_sets.items():
+                labeled = params.test_sets[other]
+                # A test set's labels map onto the task's by name: MR's "pos" is SST-2's "1".
+                as_task = dict(
+                    zip(
+                        labeled.labels,
+                        (task.labels[task.label_names.index(n)] for n in labeled.label_names),
+                        strict=True,
+                    )
+                )
+                mapped = frame.assign(label=frame["label"].map(as_task))
+                save_labeled(
+                    tmp / f"test_{other}.npz",
+                    encode_examples(tokenizer, mapped, task.labels, task.max_len),
+                    tokenizer.vocab_size,
+                )
+                stats[f"test_{other}"] = {"examples": len(frame)}
+        json_dump(tmp / "stats.json", stats)
+        tracking.log_table_input(table[["doc_id", "split", "label"]], out / "labeled.parquet", name, context="prepared")
+        tracking.log_metrics({**stats, **clock.metrics()})
+        tracking.log_artifacts(tmp / "stats.json", tmp / "quarantine.jsonl")
+        logger.info("task %s: %s", name, stats["splits"])
+    swap_in(tmp, out)
+    shutil.rmtree(failed_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    run_stage(main)
