@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 SPLITS = ("train", "validation", "test")
 
@@ -124,6 +124,7 @@ class TaskParams(LabeledSetParams):
     # the phrases of its sentences: a hash split puts near-copies of training rows in validation).
     validation_rule: Literal["hash", "whole_texts"]
     max_len: int  # tokens per text; longer texts keep their last max_len tokens
+    train: dict[str, Any]  # this task's changes to finetune.train (its texts may be 20x longer)
     curve_labels: list[int]  # label budgets of the label-budget curve; [] for none
     curve_seeds: list[int]  # seeds (draws of the labeled subset) per budget
     test_on: list[str]  # names in test_sets: out-of-domain tests of this task's classifier

@@ -105,6 +105,7 @@ def lm_adapt(model: nn.Module, params: Params, stream: Path, max_len: int, log, 
 def train_classifier(
     backbone: nn.Module,
     params: Params,
+    task_name: str,
     data: TaskData,
     examples: LabeledExamples,
     pad_id: int,
@@ -122,6 +123,7 @@ def train_classifier(
     finetune.train says; without one (a curve point) it trains its fixed number of steps.
     """
     ft = params.finetune
+    train_config = ft.train_for(params.tasks[task_name], task_name)
     model = SequenceClassifier(backbone, num_classes, ft.pooling, ft.classifier_dropout)
     if ft.freeze_backbone:
         model.freeze_backbone()
@@ -131,8 +133,10 @@ def train_classifier(
         scores = classification_metrics(data.validation.labels, predicted, num_classes)
         return {name: scores[name] for name in CLASSIFIER_EVAL_METRICS}
 
-    steps = ft.classifier_steps(len(examples))
-    config: TrainConfig = dataclasses.replace(ft.train, max_steps=steps, seed=ft.train.seed if seed is None else seed)
+    steps = ft.classifier_steps(len(examples), train_config)
+    config: TrainConfig = dataclasses.replace(
+        train_config, max_steps=steps, seed=train_config.seed if seed is None else seed
+    )
     if checkpoint_dir is None:
         config = dataclasses.replace(config, early_stopping_patience=0, eval_interval=steps)
     sampler = LengthBucketSampler(examples, pad_id, max_len, ft.length_buckets)
@@ -204,6 +208,7 @@ def run_curve(
                     classifier, _ = train_classifier(
                         backbones[model_name](),
                         params,
+                        task_name,
                         data,
                         examples,
                         pad_id,

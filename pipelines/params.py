@@ -7,6 +7,7 @@ The lmcore configs (tokenizer, model, training) are used as they are; the data s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, fields
@@ -71,10 +72,15 @@ class FinetuneParams:
         if self.epochs <= 0:
             raise ValueError(f"epochs must be positive, got {self.epochs}")
 
-    def classifier_steps(self, examples: int) -> int:
+    def train_for(self, task: TaskParams, name: str) -> TrainConfig:
+        """finetune.train with the task's own changes (tasks.<name>.train)."""
+        values = {**dataclasses.asdict(self.train), **task.train}
+        return config_from_dict(TrainConfig, values, f"tasks.{name}.train")
+
+    def classifier_steps(self, examples: int, train: TrainConfig) -> int:
         """Steps for `examples` labeled examples: `epochs` passes, at least min_steps, at most max_steps."""
-        passes = math.ceil(self.epochs * examples / (self.train.batch_size * self.train.grad_accum_steps))
-        return min(self.train.max_steps, max(self.min_steps, passes))
+        passes = math.ceil(self.epochs * examples / (train.batch_size * train.grad_accum_steps))
+        return min(train.max_steps, max(self.min_steps, passes))
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,7 @@ def load_params(path: str | Path | None = None) -> Params:
         check_tasks(params.tasks, params.test_sets)
         gpt_block = models["gpt"].block_size
         for name, task in params.tasks.items():
+            params.finetune.train_for(task, name)  # an unknown or bad key names the task
             if params.model.arch == "gpt" and task.max_len > gpt_block:
                 # finetune would refuse it, but only after the tokenizer and pretrain stages ran
                 raise ValueError(f"tasks.{name}.max_len={task.max_len} exceeds model.gpt.block_size={gpt_block}")

@@ -104,7 +104,7 @@ def main() -> None:
             models, training = {}, {}
             for model_name, make in backbones.items():
                 models[model_name], training[model_name] = train_classifier(
-                    make(), params, data, data.train, pad, task.max_len, num_classes,
+                    make(), params, name, data, data.train, pad, task.max_len, num_classes,
                     tracking.metric_logger(f"{model_name}/"), model_name,
                     checkpoints.folder / model_name, checkpoints.extra,
                 )  # fmt: skip

@@ -44,6 +44,11 @@ def test_the_shipped_params_load():
             "ingest.validation_fraction \\+ test_fraction = 1.0 leaves no training documents",
         ),
         (lambda p: p["tasks"]["sst2"].update(validation_fraction=-0.1), "tasks.sst2.validation_fraction"),
+        (
+            lambda p: p["tasks"]["imdb"]["train"].update(batch_sise=8),
+            "unknown config key 'tasks.imdb.train.batch_sise'",
+        ),
+        (lambda p: p["tasks"]["imdb"]["train"].update(max_steps=0), "tasks.imdb.train.max_steps must be positive"),
         (lambda p: p["data"].update(chunk_rows=0), "data.chunk_rows must be at least 1, got 0"),
         (lambda p: p["ingest"].update(sources=[]), "ingest.sources is empty"),
         (lambda p: p.update(tasks={}), "tasks is empty"),
@@ -149,13 +154,18 @@ def test_a_source_entry_may_leave_out_its_defaulted_keys(tmp_path):
     assert (sst2.label, sst2.pattern, sst2.encoding, sst2.format) == (None, None, "utf-8", "auto")
 
 
-def test_classifier_steps_are_epochs_within_bounds():
-    finetune = load_params(ROOT / "params.yaml").finetune
-    batch = finetune.train.batch_size
-    assert finetune.classifier_steps(10) == finetune.min_steps
-    assert finetune.classifier_steps(10**7) == finetune.train.max_steps
+def test_classifier_steps_are_epochs_within_bounds_of_the_tasks_own_train_settings():
+    params = load_params(ROOT / "params.yaml")
+    finetune = params.finetune
+    imdb = finetune.train_for(params.tasks["imdb"], "imdb")
+    assert (imdb.batch_size, imdb.max_steps) == (16, 400) and imdb.learning_rate == finetune.train.learning_rate
+    train = finetune.train_for(params.tasks["sst2"], "sst2")
+    assert train == finetune.train
+    batch = train.batch_size
+    assert finetune.classifier_steps(10, train) == finetune.min_steps
+    assert finetune.classifier_steps(10**7, train) == train.max_steps
     middle = int(finetune.min_steps * batch / finetune.epochs) + batch
-    assert finetune.classifier_steps(middle) == -(-finetune.epochs * middle // batch)
+    assert finetune.classifier_steps(middle, train) == -(-finetune.epochs * middle // batch)
 
 
 def test_flatten():
