@@ -1,0 +1,127 @@
+"""dvc.yaml is the true map: each stage's code deps are exactly the repository modules it imports.
+
+The closure is read from the source (every `import` and `from ... import`, also those inside
+functions, with the packages they pass through); a folder dep stands for every module in it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from pipelines.params import read_yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("lmcore", "pipelines")
+
+
+def module_file(name: str) -> Path | None:
+    """The repository file of a dotted module name, or None outside the repository."""
+    if name.split(".")[0] not in PACKAGES:
+        return None
+    base = ROOT.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Dotted names a module imports (a `from x import y` may import the submodule x.y)."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    if path.name != "__init__.py":
+        package = package.rpartition(".")[0]
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, *([base] if base else [])])
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def import_closure(module: str) -> set[Path]:
+    """Every repository file that importing `module` executes."""
+    seen: set[Path] = set()
+    pending = [module]
+    while pending:
+        name = pending.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__.py and a/b/__init__.py too
+            path = module_file(".".join(parts[:i]))
+            if path is not None and path not in seen:
+                seen.add(path)
+                pending.extend(imported_modules(path))
+    return seen
+
+
+def code_deps(deps: list[str]) -> set[Path]:
+    """The Python files a stage's deps name (a folder: every .py file in it); data deps are left out."""
+    files = set()
+    for dep in deps:
+        path = ROOT / dep
+        if dep.split("/")[0] not in PACKAGES:
+            continue
+        files.update(path.rglob("*.py") if path.is_dir() else [path])
+    return {f for f in files if "__pycache__" not in f.parts}
+
+
+def logs_a_model(module: str) -> bool:
+    """A stage that logs an MLflow model ships all of lmcore inside it, and the pyfunc wrapper
+    (pipelines/tracking/log_lmcore_model): both are its inputs, though it imports neither whole."""
+    tree = ast.parse(module_file(module).read_text())
+    return any(isinstance(n, ast.Attribute) and n.attr == "log_lmcore_model" for n in ast.walk(tree))
+
+
+def stage_inputs(module: str) -> set[Path]:
+    files = import_closure(module)
+    if logs_a_model(module):
+        files |= {p for p in (ROOT / "lmcore").rglob("*.py") if "__pycache__" not in p.parts}
+        files.add(ROOT / "pipelines/tracking/pyfunc_model.py")
+    return files
+
+
+def stages() -> dict[str, dict]:
+    resolved = {}
+    for name, stage in read_yaml(ROOT / "dvc.yaml")["stages"].items():
+        if "foreach" in stage:
+            name, stage = f"{name}@<task>", stage["do"]
+        resolved[name] = stage
+    return resolved
+
+
+@pytest.mark.parametrize("name", list(stages()))
+def test_each_stage_depends_on_exactly_the_modules_it_imports(name):
+    stage = stages()[name]
+    command = stage["cmd"].split()
+    module = command[command.index("-m") + 1]
+    closure = {p.relative_to(ROOT).as_posix() for p in stage_inputs(module)}
+    listed = {p.relative_to(ROOT).as_posix() for p in code_deps(stage["deps"])}
+    assert sorted(closure - listed) == [], f"{name} imports these, dvc.yaml does not list them"
+    assert sorted(listed - closure) == [], f"{name} lists these in dvc.yaml, it does not import them"
+
+
+def test_the_closure_follows_lazy_and_relative_imports(tmp_path, monkeypatch):
+    closure = {p.relative_to(ROOT).as_posix() for p in import_closure("pipelines.stages.validate")}
+    assert "pipelines/expectations.py" in closure  # imported inside main(): GE is slow to import
+    assert "lmcore/models/gpt.py" in import_closure_names("lmcore.models")
+    assert "lmcore/__main__.py" not in import_closure_names("pipelines.stages.finetune")
+
+
+def import_closure_names(module: str) -> set[str]:
+    return {p.relative_to(ROOT).as_posix() for p in import_closure(module)}
+
+
+def test_a_missing_dep_is_found(tmp_path):
+    """The check above can fail: a stage's deps without one of its modules differ from its closure."""
+    stage = stages()["tokenizer"]
+    closure = import_closure("pipelines.stages.tokenizer")
+    fewer = [dep for dep in stage["deps"] if dep != "lmcore/tokenizer.py"]
+    assert ROOT / "lmcore/tokenizer.py" in closure - code_deps(fewer)
