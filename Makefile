@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build is what this project's machines use; set TORCH_SPEC="torch" for a CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup repro test lint mlflow-ui bench
+.PHONY: setup repro test test-fast lint mlflow-ui bench
 
 setup: $(VENV)/.installed
 
@@ -19,9 +19,13 @@ $(VENV)/.installed: pyproject.toml
 repro: setup
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH dvc repro
 
-test: setup
-	# one torch thread: a 2-thread step is 5x slower beside another busy process
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+# One torch thread: a 2-thread step is 5x slower beside another busy process. The unit tier
+# (under 2 minutes) runs first, then the end-to-end tier (the real pipeline, Prefect, DVC).
+test: test-fast
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m e2e
+
+test-fast: setup
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not e2e"
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lmcore.data import TokenStreamWriter
-from lmcore.tokenizer import train_tokenizer
+from lmcore.tokenizer import TokenizerConfig, train_tokenizer
 from pipelines import tracking
 from pipelines.corpus import json_dump
 from pipelines.data_params import SPLITS
@@ -31,31 +31,35 @@ def split_texts(table: Path, split: str) -> Iterator[str]:
         yield from batch.filter(pc.equal(batch["split"], split))["text"].to_pylist()
 
 
+def build_tokenizer(config: TokenizerConfig, corpus: Path, out: Path) -> dict:
+    """Train on the corpus's train split, write tokenizer.json and every split's stream; the stats."""
+    streams = out / "streams"
+    streams.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer(split_texts(corpus, "train"), config)
+    tokenizer.save(out / "tokenizer.json")
+    stats: dict = {"vocab_size": tokenizer.vocab_size, "tokenizer_sha256": tokenizer.sha256()}
+    for split in SPLITS:
+        with TokenStreamWriter(streams / f"corpus_{split}.bin", tokenizer.vocab_size, tokenizer.sha256()) as writer:
+            tokenizer.write_documents(split_texts(corpus, split), writer)
+        stats[f"corpus_{split}"] = {"tokens": writer.meta.num_tokens, "bytes_per_token": writer.meta.bytes_per_token}
+    return stats
+
+
 def main() -> None:
     params = load_params()
     ingested, out = stage_dir("ingest"), stage_dir("tokenizer")
-    streams = out / "streams"
-    streams.mkdir(parents=True, exist_ok=True)
-    corpus = ingested / "corpus.parquet"
     upstream = {"ingest": ingested, "validate": stage_dir("validate")}
     with tracking.stage_run(
         "tokenizer", params.tracking.experiment, {"tokenizer": load_raw_params()["tokenizer"]}, out, upstream
     ):
         clock = ComputeClock()
         with clock.measure():
-            tokenizer = train_tokenizer(split_texts(corpus, "train"), params.tokenizer)
-            tokenizer.save(out / "tokenizer.json")
-            stats: dict = {"vocab_size": tokenizer.vocab_size, "tokenizer_sha256": tokenizer.sha256()}
-            for split in SPLITS:
-                with TokenStreamWriter(streams / f"corpus_{split}.bin", tokenizer.vocab_size, tokenizer.sha256()) as w:
-                    tokenizer.write_documents(split_texts(corpus, split), w)
-                meta = w.meta
-                stats[f"corpus_{split}"] = {"tokens": meta.num_tokens, "bytes_per_token": meta.bytes_per_token}
+            stats = build_tokenizer(params.tokenizer, ingested / "corpus.parquet", out)
         json_dump(out / "stats.json", stats)
         tracking.log_metrics({**{k: v for k, v in stats.items() if isinstance(v, dict)}, **clock.metrics()})
         tracking.log_artifacts(out / "tokenizer.json", out / "stats.json")
         logger.info(
-            "tokenizer: vocab %d, %s", tokenizer.vocab_size, {k: v for k, v in stats.items() if isinstance(v, dict)}
+            "tokenizer: vocab %d, %s", stats["vocab_size"], {k: v for k, v in stats.items() if isinstance(v, dict)}
         )
 
 
