@@ -2,11 +2,14 @@
 
 The order of stages is DVC's own graph of `dvc.yaml` (never declared a second time); overrides
 go through DVC's Hydra override parser, exactly as `dvc exp run -S key=value` applies them; a
-stage runs as `dvc repro --single-item`, so DVC's cache still decides what is up to date.
+stage runs as `dvc repro --single-item`, so DVC's cache still decides what is up to date. How a
+failed stage ended comes from the outcome JSON it leaves (its exit code, kind and failures), and
+a checkout busy with another DVC command from DVC's own lock, never from their printed text.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,8 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-VALIDATION_FAILED = "VALIDATION FAILED"
-INPUT_ERROR_EXIT = 2  # pipelines.stages.common.run_stage: a bad config value or input file
+OUTCOMES = Path("outputs/outcomes")  # pipelines.stages.common.write_outcome: <stage>.json per stage
 
 
 class StageFailed(RuntimeError):
@@ -102,6 +104,7 @@ def run_stage(
 ) -> StageResult:
     """`dvc repro --single-item stage`, streaming each output line to `on_line`."""
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage, *(["--force"] if force else [])]
+    (root / OUTCOMES / f"{stage}.json").unlink(missing_ok=True)
     environment = {**os.environ, **(env or {})}
     # Stage commands call `python`: make it this interpreter's.
     environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
@@ -122,13 +125,34 @@ def run_stage(
         raise
     output = "\n".join(lines[-60:])
     if returncode != 0:
-        if VALIDATION_FAILED in output:
-            summary = "\n".join(lines[next(i for i, text in enumerate(lines) if VALIDATION_FAILED in text) :][:40])
-            raise DataValidationFailed(stage, returncode, summary)
-        if "Unable to acquire lock" in output or "is busy" in output:
+        outcome = read_outcome(root, stage)
+        if outcome is None and repo_is_locked(root):
             raise RepoLocked(f"the DVC repository at {root} is locked by another command")
-        if f"exited with {INPUT_ERROR_EXIT}" in output:  # how `dvc repro` reports the command's exit code
-            raise StageInputError(stage, INPUT_ERROR_EXIT, output)
+        if outcome is not None and outcome["kind"] == "validation_failed":
+            raise DataValidationFailed(
+                stage, outcome["exit_code"], "\n".join([outcome["message"], *outcome["failures"]])
+            )
+        if outcome is not None and outcome["kind"] == "input_error":
+            raise StageInputError(stage, outcome["exit_code"], outcome["message"])
         raise StageFailed(stage, returncode, output)
     ran = any(text.startswith(f"Running stage '{stage}'") for text in lines)
     return StageResult(stage, ran, output)
+
+
+def read_outcome(root: Path, stage: str) -> dict | None:
+    """The outcome the stage wrote in this run (run_stage removed any older one first)."""
+    path = root / OUTCOMES / f"{stage}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def repo_is_locked(root: Path) -> bool:
+    """Whether another DVC command holds the checkout's lock (DVC's own lock, tried without waiting)."""
+    from dvc.lock import LockError, make_lock
+
+    lock = make_lock(str(root / ".dvc" / "tmp" / "lock"), tmp_dir=str(root / ".dvc" / "tmp"), wait=False)
+    try:
+        lock.lock()
+    except LockError:
+        return True
+    lock.unlock()
+    return False

@@ -20,6 +20,9 @@ from pathlib import Path
 from lmcore.train import LogFn
 
 OUTPUTS = Path("outputs")
+# A stage's last exit under DVC, as JSON for orchestrators (pipelines/dvc_runner.py reads it): not a
+# DVC output, so DVC never deletes it before the stage runs.
+OUTCOMES = OUTPUTS / "outcomes"
 logger = logging.getLogger("pipelines")
 # SIGHUP is also what a stage sends itself when its `dvc repro` dies (see stop_when_launcher_exits).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -57,6 +60,26 @@ def swap_in(tmp: Path, out: Path) -> None:
         out.rename(old)
     tmp.rename(out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+class ValidationFailed(Exception):
+    """The data failed its expectations: the stage exits 3 with the failures in its outcome."""
+
+    def __init__(self, message: str, failures: list[str]) -> None:
+        super().__init__(message)
+        self.failures = failures
+
+
+def write_outcome(exit_code: int, kind: str, message: str, failures: list[str] | None = None) -> None:
+    """outputs/outcomes/<dvc stage>.json: how the stage ended (only when DVC runs it)."""
+    stage = os.environ.get("DVC_STAGE")
+    if not stage:
+        return
+    OUTCOMES.mkdir(parents=True, exist_ok=True)
+    outcome = {"stage": stage, "exit_code": exit_code, "kind": kind, "message": message, "failures": failures or []}
+    tmp = OUTCOMES / f"{stage}.json.tmp"
+    tmp.write_text(json.dumps(outcome, indent=2) + "\n")
+    os.replace(tmp, OUTCOMES / f"{stage}.json")
 
 
 class StageInterrupted(KeyboardInterrupt):
@@ -180,8 +203,9 @@ def discard_stale_checkpoints(checkpoint_dir: Path, fingerprint: str) -> None:
 
 
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's main; a user error prints one clear line and exits 2, a lost connection exits 1,
-    a stop signal exits 128 + the signal's number after the MLflow run is marked KILLED."""
+    """Run a stage's main. A user error prints one clear line and exits 2, failed validation exits
+    3, a lost connection exits 1, a stop signal exits 128 + the signal's number after the MLflow
+    run is marked KILLED; each also leaves its outcome as JSON in outputs/outcomes/."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     for noisy in ("alembic", "mlflow", "great_expectations", "urllib3", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -192,14 +216,22 @@ def run_stage(main: Callable[[], None]) -> None:
         main()
     except ValueError as error:
         logger.error("%s", error)
+        write_outcome(INPUT_ERROR_EXIT, "input_error", str(error))
         sys.exit(INPUT_ERROR_EXIT)
+    except ValidationFailed as failed:
+        logger.error("%s\n%s", failed, "\n".join(f"  - {line}" for line in failed.failures))
+        write_outcome(VALIDATION_FAILED_EXIT, "validation_failed", str(failed), failed.failures)
+        sys.exit(VALIDATION_FAILED_EXIT)
     except ConnectionError as error:  # say, the tracking server: worth retrying, so not exit 2
         logger.error("%s", error)
+        write_outcome(1, "connection_error", str(error))
         sys.exit(1)
     except KeyboardInterrupt as stop:  # lmcore's TrainingInterrupted, or StageInterrupted
         signum = RECEIVED_SIGNALS[-1] if RECEIVED_SIGNALS else signal.SIGINT
         logger.error("stopped: %s", stop or signal.Signals(signum).name)
+        write_outcome(128 + signum, "interrupted", str(stop or signal.Signals(signum).name))
         sys.exit(128 + signum)
+    write_outcome(0, "success", "")
 
 
 def fan_out(*sinks: LogFn) -> LogFn:

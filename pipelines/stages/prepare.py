@@ -12,7 +12,6 @@ leaves them in outputs/tasks/<task>-failed and exits 3.
 from __future__ import annotations
 
 import shutil
-import sys
 
 from lmcore.data import save_labeled
 from lmcore.tokenizer import load_tokenizer
@@ -21,8 +20,8 @@ from pipelines.corpus import json_dump
 from pipelines.labeled import encode_examples, read_labeled, split_task, take_test_subset, write_task_streams
 from pipelines.params import load_params, load_raw_params
 from pipelines.stages.common import (
-    VALIDATION_FAILED_EXIT,
     ComputeClock,
+    ValidationFailed,
     fresh_dir,
     logger,
     run_stage,
@@ -74,16 +73,8 @@ def main() -> None:
         if not success:
             shutil.rmtree(failed_dir, ignore_errors=True)
             tmp.rename(failed_dir)
-            message = "\n".join(f"  - {line}" for line in summary["failed_expectations"])
-            logger.error(
-                "task %s: data validation failed; results in %s; MLflow run %s\n%s",
-                name,
-                failed_dir,
-                run.info.run_id,
-                message,
-            )
-            print(f"VALIDATION FAILED:\n{message}", file=sys.stdout, flush=True)
-            raise SystemExit(VALIDATION_FAILED_EXIT)
+            where = f"results in {failed_dir}; MLflow run {run.info.run_id}"
+            raise ValidationFailed(f"task {name}: data validation failed; {where}", summary["failed_expectations"])
         with clock.measure():
             tokenizer = load_tokenizer(
                 stage_dir("tokenizer") / "tokenizer.json", params.tokenizer.eot_token, params.tokenizer.pad_token

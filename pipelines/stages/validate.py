@@ -9,14 +9,13 @@ tables are validated by the same suites in their `prepare@<task>` stages.
 from __future__ import annotations
 
 import shutil
-import sys
 
 import pandas as pd
 
 from pipelines import tracking
 from pipelines.corpus import json_dump
 from pipelines.params import load_params, load_raw_params
-from pipelines.stages.common import VALIDATION_FAILED_EXIT, fresh_dir, logger, run_stage, stage_dir, swap_in
+from pipelines.stages.common import ValidationFailed, fresh_dir, logger, run_stage, stage_dir, swap_in
 from pipelines.tables import read_quarantine
 
 SPLITS = ["train", "validation", "test"]
@@ -54,16 +53,10 @@ def main() -> None:
         if not success:
             shutil.rmtree(failed_dir, ignore_errors=True)
             tmp.rename(failed_dir)
-            message = "\n".join(f"  - {line}" for line in summary["failed_expectations"])
-            logger.error(
-                "data validation failed (%d expectations); results and Data Docs in %s; MLflow run %s\n%s",
-                len(failures),
-                failed_dir,
-                run.info.run_id,
-                message,
+            where = f"results and Data Docs in {failed_dir}; MLflow run {run.info.run_id}"
+            raise ValidationFailed(
+                f"data validation failed ({len(failures)} expectations); {where}", summary["failed_expectations"]
             )
-            print(f"VALIDATION FAILED:\n{message}", file=sys.stdout, flush=True)
-            raise SystemExit(VALIDATION_FAILED_EXIT)
     swap_in(tmp, out)
     shutil.rmtree(failed_dir, ignore_errors=True)
     logger.info("validation passed: %s", summary["rows"])

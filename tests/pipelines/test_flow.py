@@ -55,11 +55,30 @@ def test_stage_order_follows_dependencies_not_file_order(tmp_path):
     assert stage_order(dvc_project(tmp_path, stages)) == ["first", "middle", "report"]
 
 
-def test_run_stage_streams_output_and_reports_failure(tmp_path):
+STAGE_SCRIPT = """
+import sys
+from pipelines.stages.common import ValidationFailed, run_stage
+
+
+def main():
+    if sys.argv[1] == "refuse":
+        raise ValueError("params.yaml: pretrain.beta2 must be in [0, 1)")
+    raise ValidationFailed("data validation failed (1 expectations)", ["[corpus] expect_column_values_to_be_in_set failed"])
+
+
+run_stage(main)
+"""
+
+
+def test_run_stage_streams_output_and_reports_failure_by_outcome(tmp_path):
+    (tmp_path / "stage.py").write_text(STAGE_SCRIPT)
+    python = sys.executable
     stages = {
         "good": {"cmd": "echo hello-from-stage > out.txt && echo printed-line", "outs": ["out.txt"]},
         "bad": {"cmd": "echo about-to-fail && exit 3", "deps": ["out.txt"]},
-        "refused": {"cmd": "echo 'params.yaml: pretrain.beta2 must be in [0, 1)' && exit 2", "deps": ["out.txt"]},
+        # the message is logged, not echoed: the runner reads the stage's outcome file, not its text
+        "refused": {"cmd": f"{python} stage.py refuse", "deps": ["out.txt"]},
+        "invalid": {"cmd": f"{python} stage.py invalid", "deps": ["out.txt"]},
     }
     root = dvc_project(tmp_path, stages)
     lines: list[str] = []
@@ -68,10 +87,30 @@ def test_run_stage_streams_output_and_reports_failure(tmp_path):
     assert not run_stage(root, "good", False, lines.append).ran  # DVC's cache decides
     assert run_stage(root, "good", True, lines.append).ran  # forced
     with pytest.raises(StageFailed, match="about-to-fail") as failure:
-        run_stage(root, "bad", False, lines.append)
-    assert not isinstance(failure.value, StageInputError)
-    with pytest.raises(StageInputError, match=r"pretrain.beta2 must be in \[0, 1\)"):  # a stage's exit 2
+        run_stage(root, "bad", False, lines.append)  # exit 3 without an outcome: not a validation failure
+    assert type(failure.value) is StageFailed
+    with pytest.raises(StageInputError, match=r"pretrain.beta2 must be in \[0, 1\)") as refused:
         run_stage(root, "refused", False, lines.append)
+    assert refused.value.returncode == 2
+    with pytest.raises(DataValidationFailed, match="expect_column_values_to_be_in_set") as invalid:
+        run_stage(root, "invalid", False, lines.append)
+    assert invalid.value.returncode == 3
+
+
+def test_a_checkout_locked_by_another_dvc_command_is_said_so(tmp_path):
+    from dvc.lock import make_lock
+
+    from pipelines.dvc_runner import RepoLocked
+
+    root = dvc_project(tmp_path, {"only": {"cmd": "echo x > y", "outs": ["y"]}})
+    lock = make_lock(str(root / ".dvc/tmp/lock"), tmp_dir=str(root / ".dvc/tmp"))
+    lock.lock()
+    try:
+        with pytest.raises(RepoLocked, match="locked by another command"):
+            run_stage(root, "only", False, lambda line: None)
+    finally:
+        lock.unlock()
+    assert run_stage(root, "only", False, lambda line: None).ran
 
 
 def test_an_interrupted_task_stops_its_dvc_repro(tmp_path):
