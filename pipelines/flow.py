@@ -15,7 +15,6 @@ after which the run is skipped (Cancelled), never run beside another.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import filelock
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -85,21 +85,16 @@ def checkout_lock(root: Path, wait_seconds: float) -> Iterator[bool]:
     """Hold an exclusive lock on the checkout; yields False when it could not be had in time."""
     path = root / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        deadline = time.monotonic() + wait_seconds
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    yield False
-                    return
-                time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    lock = filelock.FileLock(path)
+    try:
+        lock.acquire(timeout=wait_seconds)
+    except filelock.Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
 
 
 def metrics_markdown(metrics: dict[str, Any], parent_url: str) -> str:

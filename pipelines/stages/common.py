@@ -17,6 +17,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
+from tqdm import tqdm
+
 from lmcore.train import LogFn
 
 OUTPUTS = Path("outputs")
@@ -137,15 +140,16 @@ def stop_when_launcher_exits() -> None:
     """
     if not hasattr(os, "pidfd_open"):
         return
-    launcher = os.getppid()
+    launcher = psutil.Process().parent()
     try:
         if "DVC_STAGE" in os.environ:  # set by DVC for the commands it runs
-            name, parent = _process_name_and_parent(launcher)
-            while name in SHELLS and parent > 0:  # up to PID 1, which may be dvc in a container
-                launcher = parent
-                name, parent = _process_name_and_parent(launcher)
-        watched = os.pidfd_open(launcher)
-    except (ProcessLookupError, FileNotFoundError):  # gone already
+            # up to PID 1, which may be dvc in a container
+            while launcher is not None and launcher.name() in SHELLS and launcher.ppid() > 0:
+                launcher = launcher.parent()
+        if launcher is None:
+            raise ProcessLookupError
+        watched = os.pidfd_open(launcher.pid)
+    except (ProcessLookupError, psutil.NoSuchProcess):  # gone already
         os.kill(os.getpid(), signal.SIGHUP)
         return
     except OSError as error:  # say, a kernel older than 5.3
@@ -153,13 +157,7 @@ def stop_when_launcher_exits() -> None:
             "cannot watch the process that launched this stage (%s): killing it will not stop the stage", error
         )
         return
-    threading.Thread(target=_signal_on_exit, args=(watched, launcher), name="launcher-watch", daemon=True).start()
-
-
-def _process_name_and_parent(pid: int) -> tuple[str, int]:
-    stat = Path(f"/proc/{pid}/stat").read_text()  # "pid (name) state ppid ..."; the name may hold spaces
-    name, _, rest = stat.partition(" (")[2].rpartition(") ")
-    return name, int(rest.split()[1])
+    threading.Thread(target=_signal_on_exit, args=(watched, launcher.pid), name="launcher-watch", daemon=True).start()
 
 
 def _signal_on_exit(pidfd: int, pid: int) -> None:
@@ -263,34 +261,37 @@ class CurveWriter:
 
 
 class Progress:
-    """A progress bar on a terminal; plain periodic log lines otherwise (CI, Prefect, DVC logs)."""
+    """A tqdm bar on a terminal; plain periodic log lines otherwise (CI, Prefect, DVC logs), since
+    tqdm on a pipe writes its carriage-return frames into those logs."""
 
     def __init__(self, total_steps: int, label: str, every_seconds: float = 10.0) -> None:
         self.total, self.label, self.every = total_steps, label, every_seconds
         self.start = self.last_print = time.perf_counter()
-        self.tty = sys.stderr.isatty()
+        self.bar = tqdm(total=total_steps, desc=label, unit="step", dynamic_ncols=True) if sys.stderr.isatty() else None
         self.loss = float("nan")
         self.tokens_per_sec = 0.0
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         self.loss = metrics.get("train/loss", self.loss)
         self.tokens_per_sec = metrics.get("train/tokens_per_sec", self.tokens_per_sec)
+        val = {k: round(v, 4) for k, v in metrics.items() if k.startswith("val/") and isinstance(v, float)}
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix(loss=f"{self.loss:.4f}", tok_s=f"{self.tokens_per_sec:,.0f}", **val)
+            if val:
+                self.bar.write(f"{self.label} step {step}: {val}")
+            if step >= self.total:
+                self.bar.close()
+            return
         now = time.perf_counter()
-        elapsed = now - self.start
-        remaining = elapsed / max(step, 1) * (self.total - step)
-        val = "".join(f" {k}={v:.4f}" for k, v in metrics.items() if k.startswith("val/") and isinstance(v, float))
-        text = (
-            f"{self.label} step {step}/{self.total} loss {self.loss:.4f} {self.tokens_per_sec:,.0f} tok/s"
-            f" elapsed {elapsed:.0f}s left {remaining:.0f}s{val}"
-        )
-        if self.tty:
-            filled = int(30 * step / max(self.total, 1))
-            sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {text}\033[K")
-            if step >= self.total or val:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
-        elif val or step >= self.total or now - self.last_print >= self.every:
-            logger.info(text)
+        if val or step >= self.total or now - self.last_print >= self.every:
+            elapsed = now - self.start
+            remaining = elapsed / max(step, 1) * (self.total - step)
+            shown = "".join(f" {k}={v:.4f}" for k, v in val.items())
+            logger.info(
+                "%s step %d/%d loss %.4f %s tok/s elapsed %.0fs left %.0fs%s",
+                self.label, step, self.total, self.loss, f"{self.tokens_per_sec:,.0f}", elapsed, remaining, shown,
+            )  # fmt: skip
             self.last_print = now
 
 

@@ -14,9 +14,4 @@ def test_a_tracking_server_that_does_not_answer_fails_in_seconds(monkeypatch):
     start = time.monotonic()
     with pytest.raises(tracking.TrackingServerUnavailable, match=f"127.0.0.1:{port} .* does not answer"):
         tracking.configure("lmcore-test")
-    assert time.monotonic() - start < tracking.SERVER_CHECK_SECONDS  # MLflow's own retries take minutes
-
-
-def test_local_stores_are_not_probed():
-    tracking.check_server("sqlite:///nowhere/mlflow.db")
-    tracking.check_server("file:///nowhere/mlruns")
+    assert time.monotonic() - start < 10  # MLflow's default retries take about 4 minutes
