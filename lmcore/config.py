@@ -4,7 +4,8 @@ An unknown key, a missing key (when the dataclass gives no default, or `require_
 every key of every section; items of a list may still leave out defaulted keys) or a value of the
 wrong type is a ValueError that names the section and key, raised before any work starts. The
 dataclasses' own checks (`__post_init__`) start their messages with the field's name, to which
-loading adds the section: `finetune.train.beta1 must be in [0, 1), got 1.5`.
+loading adds the section: `finetune.train.beta1 must be in [0, 1), got 1.5`. Written here rather
+than taken from pydantic or dacite: lmcore depends on torch, numpy, tokenizers and safetensors only.
 """
 
 from __future__ import annotations
