@@ -33,7 +33,8 @@ from lmcore.data import get_batch
 from lmcore.evaluate import evaluate_lm
 from lmcore.models import build_model, build_model_config
 from lmcore.presets import get_preset
-from lmcore.train import TrainConfig, lm_loss, measure_peak_flops, resolve_dtype, setup_distributed, train
+from lmcore.runtime import measure_peak_flops, resolve_dtype, setup_distributed
+from lmcore.train import TrainConfig, lm_loss, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SHAKESPEARE = ROOT / "data/tinyshakespeare/input.txt"

@@ -17,8 +17,8 @@ from lmcore.checkpoint import load_folder_tokenizer, load_model
 from lmcore.evaluate import evaluate_lm
 from lmcore.generate import generate
 from lmcore.models import SequenceClassifier
+from lmcore.runtime import resolve_device
 from lmcore.tokenizer import TextTokenizer
-from lmcore.train import resolve_device
 
 
 def device_argument(name: str) -> torch.device:

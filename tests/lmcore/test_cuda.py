@@ -12,7 +12,8 @@ from lmcore.checkpoint import CHECKPOINT_NAME, export_model, load_checkpoint, lo
 from lmcore.data import get_batch
 from lmcore.evaluate import evaluate_lm
 from lmcore.generate import generate
-from lmcore.train import TrainConfig, lm_loss, measure_peak_flops, resolve_device, resolve_dtype, train
+from lmcore.runtime import measure_peak_flops, resolve_device, resolve_dtype
+from lmcore.train import TrainConfig, lm_loss, train
 from tests.lmcore.helpers import ARCH_OF, TINY, tiny_model, token_stream
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU and LMCORE_TEST_CUDA=1")

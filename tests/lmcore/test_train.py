@@ -7,6 +7,7 @@ from lmcore.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from lmcore.data import get_batch, get_labeled_batch
 from lmcore.evaluate import evaluate_lm
 from lmcore.models import SequenceClassifier
+from lmcore.sharding import resolve_batch_threads
 from lmcore.train import (
     TrainConfig,
     TrainingDivergedError,
@@ -14,7 +15,6 @@ from lmcore.train import (
     classification_loss,
     get_lr,
     lm_loss,
-    resolve_batch_threads,
     train,
 )
 from tests.lmcore.helpers import make_labeled, tiny_model, token_stream
@@ -318,7 +318,7 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
 
 def test_early_stopping_without_its_metric_is_named():
     watching = TrainConfig(**{**BASE.__dict__, "early_stopping_patience": 2, "early_stopping_metric": "acc"})
-    with pytest.raises(ValueError, match="early_stopping_patience=2 needs an `evaluate` function that reports 'acc'"):
+    with pytest.raises(ValueError, match="early_stopping_patience=2 needs an `evaluate` function"):
         run(tiny_model("lstm"), watching)
     with pytest.raises(
         ValueError, match=r"early_stopping_metric='acc' is not among the evaluation's metrics \['loss'\]"

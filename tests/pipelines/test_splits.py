@@ -64,6 +64,7 @@ def task(**changes) -> TaskParams:
         validation_fraction=0.1,
         validation_rule="hash",
         max_len=8,
+        train={},
         curve_labels=[],
         curve_seeds=[],
         test_on=[],
