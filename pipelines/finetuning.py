@@ -116,11 +116,13 @@ def train_classifier(
     checkpoint_dir: Path | None = None,
     checkpoint_extra: dict | None = None,
     seed: int | None = None,
+    validate: bool = True,
 ) -> tuple[SequenceClassifier, dict]:
     """A classifier head on `backbone` (which it trains too, unless frozen), on `examples`.
 
     With a checkpoint folder (the full-label phases) the run early-stops on the validation split as
-    finetune.train says; without one (a curve point) it trains its fixed number of steps.
+    finetune.train says; without one (a curve point) it trains its fixed number of steps, and with
+    validate=False it is not scored on the validation split at all.
     """
     ft = params.finetune
     train_config = ft.train_for(params.tasks[task_name], task_name)
@@ -147,7 +149,7 @@ def train_classifier(
             config,
             lambda g: sampler(config.batch_size, g),
             classification_loss,
-            evaluate=evaluate,
+            evaluate=evaluate if validate else None,
             log=fan_out(log, Progress(config.max_steps, label)),
             checkpoint_dir=checkpoint_dir,
             checkpoint_extra=checkpoint_extra,
@@ -155,7 +157,7 @@ def train_classifier(
         )
     model.eval()
     return model, {
-        "validation": evaluate(model),
+        "validation": evaluate(model) if validate else None,
         "steps": result.step,
         "stopped_early": result.stopped_early,
         "wall_seconds": time.perf_counter() - start,
@@ -217,6 +219,7 @@ def run_curve(
                         lambda s, m: None,
                         label,
                         seed=seed,
+                        validate=False,
                     )
                     predicted, _ = predict_classes(
                         classifier, data.test, pad_id, task.max_len, params.evaluate.batch_size
