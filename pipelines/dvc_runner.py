@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-OUTCOMES = Path("outputs/outcomes")  # pipelines.stages.common.write_outcome: <stage>.json per stage
+OUTCOMES = Path("outputs/outcomes")  # pipelines.stages.common.write_outcome writes: <stage>.json per stage
 
 
 class StageFailed(RuntimeError):

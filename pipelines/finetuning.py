@@ -33,7 +33,8 @@ from lmcore.train import TrainConfig, classification_loss, lm_loss, train
 from pipelines.baselines import tfidf_predictions
 from pipelines.params import CLASSIFIER_EVAL_METRICS, Params
 from pipelines.splits import budget_subset
-from pipelines.stages.common import Progress, fan_out, stop_requests
+from pipelines.stages.sinks import Progress, fan_out
+from pipelines.stages.stopping import stop_requests
 
 
 @dataclass(frozen=True)

@@ -1,36 +1,25 @@
-"""What every stage shares: output paths, logging, progress display, metric sinks, the entry point."""
+"""What every stage shares: output paths, swapping outputs in, outcomes, checkpoint fingerprints,
+the token streams of the tokenizer stage, the entry point (`run_stage`)."""
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import hashlib
 import json
 import logging
 import os
-import select
 import shutil
 import signal
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import psutil
-from tqdm import tqdm
-
-from lmcore.train import LogFn
+from pipelines.stages.stopping import RECEIVED_SIGNALS, install_stop_handlers
 
 OUTPUTS = Path("outputs")
 # A stage's last exit under DVC, as JSON for orchestrators (pipelines/dvc_runner.py reads it): not a
 # DVC output, so DVC never deletes it before the stage runs.
 OUTCOMES = OUTPUTS / "outcomes"
 logger = logging.getLogger("pipelines")
-# SIGHUP is also what a stage sends itself when its `dvc repro` dies (see stop_when_launcher_exits).
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-RECEIVED_SIGNALS: list[int] = []  # for the exit code: 128 + the signal's number
-SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "mksh", "fish"})
 INPUT_ERROR_EXIT = 2  # a bad config value or input file: one clear line, never worth a retry
 VALIDATION_FAILED_EXIT = 3  # the data failed its expectations
 
@@ -85,87 +74,6 @@ def write_outcome(exit_code: int, kind: str, message: str, failures: list[str] |
     os.replace(tmp, OUTCOMES / f"{stage}.json")
 
 
-class StageInterrupted(KeyboardInterrupt):
-    """A stop signal outside training, or a second SIGINT or SIGTERM during it: the stage stops at once."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"{signal.Signals(signum).name} received")
-        self.signum = signum
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    RECEIVED_SIGNALS.append(signum)
-    raise StageInterrupted(signum)
-
-
-@contextlib.contextmanager
-def stop_requests() -> Iterator[Callable[[], bool]]:
-    """A `should_stop` for lmcore's `train`: inside, a first SIGINT, SIGTERM or SIGHUP asks
-    training to finish its step and checkpoint it (where the stage keeps checkpoints) before stopping.
-
-    A cluster's preemption, a Prefect cancellation, a Ctrl-C or a killed `dvc repro` then loses no
-    finished step; a second SIGINT or SIGTERM stops at once. A repeated SIGHUP does not: it says that
-    the launching `dvc repro` or the terminal went away (both may, one after the other), not that
-    someone is in a hurry.
-    """
-    requested = threading.Event()
-
-    def ask(signum: int, frame: object) -> None:
-        if requested.is_set():
-            if signum == signal.SIGHUP:
-                return
-            _interrupt(signum, frame)
-        RECEIVED_SIGNALS.append(signum)
-        requested.set()
-        logger.warning(
-            "%s: stopping after the current training step; a second SIGINT or SIGTERM stops at once",
-            signal.Signals(signum).name,
-        )
-
-    previous = {signum: signal.signal(signum, ask) for signum in STOP_SIGNALS}
-    try:
-        yield requested.is_set
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-def stop_when_launcher_exits() -> None:
-    """On Linux, send this process a SIGHUP when the process that launched it (`dvc repro`) exits.
-
-    DVC does not pass a SIGTERM on to the stage it runs: a killed `dvc repro` left its stage
-    training on, orphaned, writing outputs that DVC no longer recorded. DVC runs the stage through
-    `$SHELL -c`, and a shell that does not exec its one command (dash, Debian's /bin/sh) stays alive
-    in between, so under DVC the process watched is the nearest ancestor that is not a shell.
-    """
-    if not hasattr(os, "pidfd_open"):
-        return
-    launcher = psutil.Process().parent()
-    try:
-        if "DVC_STAGE" in os.environ:  # set by DVC for the commands it runs
-            # up to PID 1, which may be dvc in a container
-            while launcher is not None and launcher.name() in SHELLS and launcher.ppid() > 0:
-                launcher = launcher.parent()
-        if launcher is None:
-            raise ProcessLookupError
-        watched = os.pidfd_open(launcher.pid)
-    except (ProcessLookupError, psutil.NoSuchProcess):  # gone already
-        os.kill(os.getpid(), signal.SIGHUP)
-        return
-    except OSError as error:  # say, a kernel older than 5.3
-        logger.warning(
-            "cannot watch the process that launched this stage (%s): killing it will not stop the stage", error
-        )
-        return
-    threading.Thread(target=_signal_on_exit, args=(watched, launcher.pid), name="launcher-watch", daemon=True).start()
-
-
-def _signal_on_exit(pidfd: int, pid: int) -> None:
-    select.select([pidfd], [], [])  # readable once that process has exited
-    logger.warning("the process that launched this stage (pid %d) exited", pid)
-    os.kill(os.getpid(), signal.SIGHUP)
-
-
 def resumable_checkpoints(checkpoint_dir: Path, *inputs: object) -> str:
     """The fingerprint of a run's settings and inputs (JSON values), with the checkpoints under
     `checkpoint_dir` that were made for another fingerprint, or are unreadable, moved aside.
@@ -207,9 +115,7 @@ def run_stage(main: Callable[[], None]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     for noisy in ("alembic", "mlflow", "great_expectations", "urllib3", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    for signum in STOP_SIGNALS:  # SIGTERM would otherwise end the process without a word or a cleanup
-        signal.signal(signum, _interrupt)
-    stop_when_launcher_exits()
+    install_stop_handlers()
     try:
         main()
     except ValueError as error:
@@ -230,69 +136,6 @@ def run_stage(main: Callable[[], None]) -> None:
         write_outcome(128 + signum, "interrupted", str(stop or signal.Signals(signum).name))
         sys.exit(128 + signum)
     write_outcome(0, "success", "")
-
-
-def fan_out(*sinks: LogFn) -> LogFn:
-    def log(step: int, metrics: dict[str, float]) -> None:
-        for sink in sinks:
-            sink(step, metrics)
-
-    return log
-
-
-class CurveWriter:
-    """Per-step training metrics as a TSV for `dvc plots` (one row per logged step)."""
-
-    def __init__(self, path: Path, columns: list[str]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(path, "w", newline="")
-        self.columns = columns
-        self.writer = csv.DictWriter(self.file, fieldnames=["step", *columns], delimiter="\t", extrasaction="ignore")
-        self.writer.writeheader()
-
-    def __call__(self, step: int, metrics: dict[str, float]) -> None:
-        row = {k: metrics[k] for k in self.columns if k in metrics}
-        if row:
-            self.writer.writerow({"step": step, **row})
-            self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
-
-
-class Progress:
-    """A tqdm bar on a terminal; plain periodic log lines otherwise (CI, Prefect, DVC logs), since
-    tqdm on a pipe writes its carriage-return frames into those logs."""
-
-    def __init__(self, total_steps: int, label: str, every_seconds: float = 10.0) -> None:
-        self.total, self.label, self.every = total_steps, label, every_seconds
-        self.start = self.last_print = time.perf_counter()
-        self.bar = tqdm(total=total_steps, desc=label, unit="step", dynamic_ncols=True) if sys.stderr.isatty() else None
-        self.loss = float("nan")
-        self.tokens_per_sec = 0.0
-
-    def __call__(self, step: int, metrics: dict[str, float]) -> None:
-        self.loss = metrics.get("train/loss", self.loss)
-        self.tokens_per_sec = metrics.get("train/tokens_per_sec", self.tokens_per_sec)
-        val = {k: round(v, 4) for k, v in metrics.items() if k.startswith("val/") and isinstance(v, float)}
-        if self.bar is not None:
-            self.bar.update(step - self.bar.n)
-            self.bar.set_postfix(loss=f"{self.loss:.4f}", tok_s=f"{self.tokens_per_sec:,.0f}", **val)
-            if val:
-                self.bar.write(f"{self.label} step {step}: {val}")
-            if step >= self.total:
-                self.bar.close()
-            return
-        now = time.perf_counter()
-        if val or step >= self.total or now - self.last_print >= self.every:
-            elapsed = now - self.start
-            remaining = elapsed / max(step, 1) * (self.total - step)
-            shown = "".join(f" {k}={v:.4f}" for k, v in val.items())
-            logger.info(
-                "%s step %d/%d loss %.4f %s tok/s elapsed %.0fs left %.0fs%s",
-                self.label, step, self.total, self.loss, f"{self.tokens_per_sec:,.0f}", elapsed, remaining, shown,
-            )  # fmt: skip
-            self.last_print = now
 
 
 def open_stream(name: str, tokenizer_sha256: str):
@@ -318,38 +161,3 @@ def lm_evaluator(stream: str, tokenizer_sha256: str, block_size: int, params) ->
     return lambda model: evaluate_lm(
         model, data, block_size, params.evaluate.batch_size, params.evaluate.num_windows, meta.bytes_per_token
     )
-
-
-class ComputeClock:
-    """Seconds a stage spends on its real work (reading and encoding data, training, evaluating),
-    logged as `timing/compute_seconds`; the rest of a run is overhead (bench/pipeline_overhead.py)."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-
-    @contextlib.contextmanager
-    def measure(self) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds += time.perf_counter() - start
-
-    def metrics(self) -> dict[str, float]:
-        return {"timing/compute_seconds": self.seconds}
-
-
-class MetricHistory:
-    """Keeps every logged value per metric (medians of speed for the metrics file)."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, list[float]] = {}
-
-    def __call__(self, step: int, metrics: dict[str, float]) -> None:
-        for key, value in metrics.items():
-            self.values.setdefault(key, []).append(float(value))
-
-    def median(self, key: str) -> float | None:
-        """None where nothing was logged: a run that replays a finished checkpoint trains no step."""
-        values = sorted(self.values.get(key, []))
-        return values[len(values) // 2] if values else None

@@ -31,7 +31,8 @@ from pipelines.baselines import majority_predictions, score, tfidf_predictions
 from pipelines.corpus import json_dump
 from pipelines.finetuning import Checkpoints, TaskData, fresh_copy, lm_adapt, run_curve, train_classifier
 from pipelines.params import Params, load_params, load_raw_params, stage_params
-from pipelines.stages.common import ComputeClock, logger, resumable_checkpoints, run_stage, stage_dir, task_argument
+from pipelines.stages.common import logger, resumable_checkpoints, run_stage, stage_dir, task_argument
+from pipelines.stages.sinks import ComputeClock
 
 
 def load_backbone(params: Params, tokenizer_sha: str, vocab_size: int) -> tuple[nn.Module, str, dict]:

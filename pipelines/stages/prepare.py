@@ -19,16 +19,8 @@ from pipelines import tracking
 from pipelines.corpus import json_dump
 from pipelines.labeled import encode_examples, read_labeled, split_task, take_test_subset, write_task_streams
 from pipelines.params import load_params, load_raw_params
-from pipelines.stages.common import (
-    ComputeClock,
-    ValidationFailed,
-    fresh_dir,
-    logger,
-    run_stage,
-    stage_dir,
-    swap_in,
-    task_argument,
-)
+from pipelines.stages.common import ValidationFailed, fresh_dir, logger, run_stage, stage_dir, swap_in, task_argument
+from pipelines.stages.sinks import ComputeClock
 from pipelines.tables import read_quarantine
 
 

@@ -20,20 +20,9 @@ from lmcore.train import lm_loss, train
 from pipelines import tracking
 from pipelines.corpus import json_dump
 from pipelines.params import load_params, load_raw_params, stage_params
-from pipelines.stages.common import (
-    ComputeClock,
-    CurveWriter,
-    MetricHistory,
-    Progress,
-    fan_out,
-    lm_evaluator,
-    logger,
-    open_stream,
-    resumable_checkpoints,
-    run_stage,
-    stage_dir,
-    stop_requests,
-)
+from pipelines.stages.common import lm_evaluator, logger, open_stream, resumable_checkpoints, run_stage, stage_dir
+from pipelines.stages.sinks import ComputeClock, CurveWriter, MetricHistory, Progress, fan_out
+from pipelines.stages.stopping import stop_requests
 
 GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 0.8, "top_k": 50, "top_p": 1.0, "seed": 0}
 CURVE_COLUMNS = ["train/loss", "val/loss", "train/lr", "train/tokens_per_sec", "train/mfu"]

@@ -159,7 +159,8 @@ def test_classifier_steps_are_epochs_within_bounds_of_the_tasks_own_train_settin
     finetune = params.finetune
     imdb = finetune.train_for(params.tasks["imdb"], "imdb")
     assert (imdb.batch_size, imdb.max_steps) == (16, 400) and imdb.learning_rate == finetune.train.learning_rate
-    train = finetune.train_for(params.tasks["sst2"], "sst2")
+    assert finetune.train_for(params.tasks["sst2"], "sst2").max_steps == 1500
+    train = finetune.train_for(params.tasks["trec"], "trec")
     assert train == finetune.train
     batch = train.batch_size
     assert finetune.classifier_steps(10, train) == finetune.min_steps

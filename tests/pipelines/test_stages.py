@@ -13,7 +13,8 @@ import torch
 
 from lmcore.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from lmcore.data import write_token_stream
-from pipelines.stages.common import StageInterrupted, discard_stale_checkpoints, lm_evaluator, stop_requests
+from pipelines.stages.common import discard_stale_checkpoints, lm_evaluator
+from pipelines.stages.stopping import StageInterrupted, stop_requests
 
 
 def test_an_evaluation_stream_shorter_than_a_window_is_named_before_any_work(tmp_path, monkeypatch):
@@ -68,7 +69,7 @@ def test_a_first_stop_signal_asks_training_to_stop_and_a_second_stops_at_once():
 
 STAGE = """
 import time
-from pipelines.stages.common import stop_requests, stop_when_launcher_exits
+from pipelines.stages.stopping import stop_requests, stop_when_launcher_exits
 stop_when_launcher_exits()
 with stop_requests() as should_stop:
     print("training", flush=True)
