@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 import torch.nn as nn
 
 from lmcore.data import (
@@ -127,7 +128,12 @@ def train_classifier(
     """
     ft = params.finetune
     train_config = ft.train_for(params.tasks[task_name], task_name)
-    model = SequenceClassifier(backbone, num_classes, ft.pooling, ft.classifier_dropout)
+    seed = train_config.seed if seed is None else seed
+    # the head's init comes from the run's own seed, not from whatever earlier runs left in the
+    # global generator: a resumed curve must train each point exactly as an uninterrupted one
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SequenceClassifier(backbone, num_classes, ft.pooling, ft.classifier_dropout)
     if ft.freeze_backbone:
         model.freeze_backbone()
 
@@ -137,9 +143,7 @@ def train_classifier(
         return {name: scores[name] for name in CLASSIFIER_EVAL_METRICS}
 
     steps = ft.classifier_steps(len(examples), train_config)
-    config: TrainConfig = dataclasses.replace(
-        train_config, max_steps=steps, seed=train_config.seed if seed is None else seed
-    )
+    config: TrainConfig = dataclasses.replace(train_config, max_steps=steps, seed=seed)
     if checkpoint_dir is None:
         config = dataclasses.replace(config, early_stopping_patience=0, eval_interval=steps)
     sampler = LengthBucketSampler(examples, pad_id, max_len, ft.length_buckets)
@@ -171,6 +175,23 @@ def curve_points(labels: list[int], seeds: list[int], train_size: int) -> list[t
     return [(n, seed) for n, count in zip(labels, seeds, strict=True) if n < train_size for seed in range(count)]
 
 
+def curve_predictions(
+    model_name: str, chosen: np.ndarray, seed: int, task_name: str, params: Params, data: TaskData,
+    backbones: dict[str, Callable[[], nn.Module]], pad_id: int, num_classes: int,
+) -> np.ndarray:  # fmt: skip
+    """One model's test predictions after training on the `chosen` training examples."""
+    task = params.tasks[task_name]
+    if model_name == "tfidf":
+        labels = np.asarray(data.train.labels)[chosen]
+        return tfidf_predictions([data.texts["train"][i] for i in chosen], labels, data.texts["test"])
+    label = f"curve {model_name} labels={len(chosen)} seed={seed}"
+    classifier, _ = train_classifier(
+        backbones[model_name](), params, task_name, data, subset(data.train, chosen), pad_id, task.max_len,
+        num_classes, lambda step, metrics: None, label, seed=seed, validate=False,
+    )  # fmt: skip
+    return predict_classes(classifier, data.test, pad_id, task.max_len, params.evaluate.batch_size)[0]
+
+
 def run_curve(
     task_name: str,
     params: Params,
@@ -185,54 +206,26 @@ def run_curve(
     given (finetuned from the pretrained model, scratch) and TF-IDF; finished points are kept in
     `done_file` and not run again."""
     task = params.tasks[task_name]
-    done = [json.loads(line) for line in done_file.read_text().splitlines()] if done_file.exists() else []
-    finished = {(p["labels"], p["seed"], p["model"]) for p in done}
-    points = list(done)
-    train_labels = np.asarray(data.train.labels)
+    points = [json.loads(line) for line in done_file.read_text().splitlines()] if done_file.exists() else []
+    finished = {(p["labels"], p["seed"], p["model"]) for p in points}
+    models = [*backbones, *(["tfidf"] if params.finetune.tfidf_baseline else [])]
     y_true = np.asarray(data.test.labels)
     with done_file.open("a") as record:
         for n, seed in curve_points(task.curve_labels, task.curve_seeds, len(data.train)):
-            chosen = budget_subset(train_labels, n, seed)
-            examples = subset(data.train, chosen)
-            models = {
-                **{name: None for name in backbones},
-                **({"tfidf": None} if params.finetune.tfidf_baseline else {}),
-            }
-            for model_name in models:
-                if (n, seed, model_name) in finished:
-                    continue
+            chosen = budget_subset(np.asarray(data.train.labels), n, seed)
+            for model_name in (m for m in models if (n, seed, m) not in finished):
                 start = time.perf_counter()
-                if model_name == "tfidf":
-                    predicted = tfidf_predictions(
-                        [data.texts["train"][i] for i in chosen], train_labels[chosen], data.texts["test"]
-                    )
-                else:
-                    label = f"curve {model_name} labels={n} seed={seed}"
-                    classifier, _ = train_classifier(
-                        backbones[model_name](),
-                        params,
-                        task_name,
-                        data,
-                        examples,
-                        pad_id,
-                        task.max_len,
-                        num_classes,
-                        lambda s, m: None,
-                        label,
-                        seed=seed,
-                        validate=False,
-                    )
-                    predicted, _ = predict_classes(
-                        classifier, data.test, pad_id, task.max_len, params.evaluate.batch_size
-                    )
+                predicted = curve_predictions(
+                    model_name, chosen, seed, task_name, params, data, backbones, pad_id, num_classes
+                )
                 point = {
                     "labels": n,
                     "seed": seed,
                     "model": model_name,
                     "accuracy": float((predicted == y_true).mean()),
-                    "macro_f1": classification_metrics(y_true, predicted, num_classes)["macro_f1"],
-                    "wall_seconds": time.perf_counter() - start,
                 }
+                point["macro_f1"] = classification_metrics(y_true, predicted, num_classes)["macro_f1"]
+                point["wall_seconds"] = time.perf_counter() - start
                 record.write(json.dumps(point) + "\n")
                 record.flush()
                 log_point(point)

@@ -28,10 +28,9 @@ from lmcore.models import build_model, build_model_config
 from lmcore.tokenizer import load_tokenizer
 from pipelines import tracking
 from pipelines.baselines import majority_predictions, score, tfidf_predictions
-from pipelines.corpus import json_dump
 from pipelines.finetuning import Checkpoints, TaskData, fresh_copy, lm_adapt, run_curve, train_classifier
 from pipelines.params import Params, load_params, load_raw_params, stage_params
-from pipelines.stages.common import logger, resumable_checkpoints, run_stage, stage_dir, task_argument
+from pipelines.stages.common import json_dump, logger, resumable_checkpoints, run_stage, stage_dir, task_argument
 from pipelines.stages.sinks import ComputeClock
 
 
@@ -67,10 +66,66 @@ def write_curve_tsv(path, points: list[dict]) -> None:
         writer.writerows(sorted(points, key=lambda p: (p["model"], p["labels"], p["seed"])))
 
 
+def score_task(name: str, params: Params, data: TaskData, models: dict, pad: int, training: dict) -> dict:
+    """Every model and baseline on the test split; the finetuned classifier on the test sets."""
+    task, ft = params.tasks[name], params.finetune
+    num_classes, samples, batch = len(task.labels), params.evaluate.bootstrap_samples, params.evaluate.batch_size
+    y_true, train_labels = np.asarray(data.test.labels), np.asarray(data.train.labels)
+    predictions = {m: predict_classes(model, data.test, pad, task.max_len, batch)[0] for m, model in models.items()}
+    if ft.tfidf_baseline:
+        start = time.perf_counter()
+        predictions["tfidf"] = tfidf_predictions(data.texts["train"], train_labels, data.texts["test"])
+        training["tfidf"] = {"wall_seconds": time.perf_counter() - start}
+    predictions["majority"] = majority_predictions(train_labels, num_classes, len(y_true))
+    generalization = {}
+    for other, examples in data.test_sets.items():
+        predicted = predict_classes(models["finetuned"], examples, pad, task.max_len, batch)[0]
+        generalization[other] = score(np.asarray(examples.labels), {"finetuned": predicted}, num_classes, samples)[
+            "finetuned"
+        ]
+    test = score(y_true, predictions, num_classes, samples)
+    return {
+        "task": name,
+        "label_names": task.label_names,
+        "test": test,
+        "generalization": generalization,
+        "training": training,
+    }
+
+
+def train_task(name: str, params: Params, raw: dict, data: TaskData, tokenizer) -> tuple[dict, dict, dict, tuple]:
+    """LM adaptation (with that recipe), then the finetuned and scratch classifiers on all the labels,
+    then the curve: (models, training figures, metrics so far, (arch, model config, backbones))."""
+    task, ft = params.tasks[name], params.finetune
+    torch.manual_seed(ft.train.seed)  # the scratch model draws its init from it
+    backbone, arch, model_values = load_backbone(params, tokenizer.sha256(), tokenizer.vocab_size)
+    scratch_init = build_model(arch, build_model_config(arch, model_values))
+    checkpoints = checkpoints_for(f"finetune@{name}", raw, tokenizer.sha256(), ft.init == "pretrained")
+    metrics: dict = {}
+    if ft.recipe == "lm_then_classification":
+        stream, log = stage_dir("tasks") / name / "train_text.bin", tracking.metric_logger("lm_adapt/")
+        metrics["lm_adapt"] = lm_adapt(backbone, params, stream, task.max_len, log, checkpoints)
+    backbones = {
+        "finetuned": fresh_copy(backbone),
+        **({"scratch": fresh_copy(scratch_init)} if ft.scratch_baseline else {}),
+    }
+    models, training = {}, {}
+    for model_name, make in backbones.items():
+        models[model_name], training[model_name] = train_classifier(
+            make(), params, name, data, data.train, tokenizer.pad_id, task.max_len, len(task.labels),
+            tracking.metric_logger(f"{model_name}/"), model_name, checkpoints.folder / model_name, checkpoints.extra,
+        )  # fmt: skip
+    curve = run_curve(
+        name, params, data, backbones, tokenizer.pad_id, len(task.labels),
+        checkpoints.folder / "curve.jsonl", tracking.log_child_run(name),
+    )  # fmt: skip
+    return models, training, {**metrics, "curve": curve}, (arch, model_values)
+
+
 def main() -> None:
     params = load_params()
     name = task_argument(params)
-    task, ft = params.tasks[name], params.finetune
+    task = params.tasks[name]
     raw = load_raw_params()
     data_dir, out = stage_dir("tasks") / name, stage_dir("finetune") / name
     out.mkdir(parents=True, exist_ok=True)
@@ -79,114 +134,31 @@ def main() -> None:
     with tracking.stage_run("finetune", params.tracking.experiment, logged, out, upstream, task=name):
         clock = ComputeClock()
         with clock.measure():
-            tokenizer = load_tokenizer(
-                stage_dir("tokenizer") / "tokenizer.json", params.tokenizer.eot_token, params.tokenizer.pad_token
-            )
-            sha, pad, num_classes = tokenizer.sha256(), tokenizer.pad_id, len(task.labels)
+            tokenizer_path = stage_dir("tokenizer") / "tokenizer.json"
+            tokenizer = load_tokenizer(tokenizer_path, params.tokenizer.eot_token, params.tokenizer.pad_token)
             data = TaskData.load(data_dir, task.test_on)
-            torch.manual_seed(ft.train.seed)  # the classifier heads and the scratch model draw their init from it
-            backbone, arch, model_values = load_backbone(params, sha, tokenizer.vocab_size)
-            scratch_init = build_model(arch, build_model_config(arch, model_values))
-            checkpoints = checkpoints_for(f"finetune@{name}", raw, sha, ft.init == "pretrained")
-            metrics: dict = {}
-            if ft.recipe == "lm_then_classification":
-                metrics["lm_adapt"] = lm_adapt(
-                    backbone,
-                    params,
-                    data_dir / "train_text.bin",
-                    task.max_len,
-                    tracking.metric_logger("lm_adapt/"),
-                    checkpoints,
-                )
-            backbones = {
-                "finetuned": fresh_copy(backbone),
-                **({"scratch": fresh_copy(scratch_init)} if ft.scratch_baseline else {}),
-            }
-            models, training = {}, {}
-            for model_name, make in backbones.items():
-                models[model_name], training[model_name] = train_classifier(
-                    make(), params, name, data, data.train, pad, task.max_len, num_classes,
-                    tracking.metric_logger(f"{model_name}/"), model_name,
-                    checkpoints.folder / model_name, checkpoints.extra,
-                )  # fmt: skip
-            y_true = np.asarray(data.test.labels)
-            predictions = {
-                m: predict_classes(model, data.test, pad, task.max_len, params.evaluate.batch_size)[0]
-                for m, model in models.items()
-            }
-            train_labels = np.asarray(data.train.labels)
-            if ft.tfidf_baseline:
-                start = time.perf_counter()
-                predictions["tfidf"] = tfidf_predictions(data.texts["train"], train_labels, data.texts["test"])
-                training["tfidf"] = {"wall_seconds": time.perf_counter() - start}
-            predictions["majority"] = majority_predictions(train_labels, num_classes, len(y_true))
-            samples = params.evaluate.bootstrap_samples
+            models, training, trained, (arch, model_values) = train_task(name, params, raw, data, tokenizer)
             results = {
-                "task": name,
-                "label_names": task.label_names,
-                "test": score(y_true, predictions, num_classes, samples),
+                **score_task(name, params, data, models, tokenizer.pad_id, training),
+                "curve": trained.pop("curve"),
             }
-            results["generalization"] = {
-                other: score(
-                    np.asarray(examples.labels),
-                    {
-                        "finetuned": predict_classes(
-                            models["finetuned"], examples, pad, task.max_len, params.evaluate.batch_size
-                        )[0]
-                    },
-                    num_classes,
-                    samples,
-                )["finetuned"]
-                for other, examples in data.test_sets.items()
-            }
-            results["training"] = training
-            curve = run_curve(
-                name,
-                params,
-                data,
-                backbones,
-                pad,
-                num_classes,
-                checkpoints.folder / "curve.jsonl",
-                tracking.log_child_run(name),
-            )
-            results["curve"] = curve
-            extra = {
-                "tokenizer_sha256": sha,
-                "max_len": task.max_len,
-                "label_names": task.label_names,
-                "eot_token": tokenizer.eot_token,
-                "pad_token": tokenizer.pad_token,
-            }
+            extra = {"tokenizer_sha256": tokenizer.sha256(), "max_len": task.max_len, "label_names": task.label_names}
+            extra.update(eot_token=tokenizer.eot_token, pad_token=tokenizer.pad_token)
             for model_name, model in models.items():
-                export_model(
-                    out / "models" / model_name,
-                    model,
-                    arch,
-                    model_values,
-                    stage_dir("tokenizer") / "tokenizer.json",
-                    extra=extra,
-                )
+                export_model(out / "models" / model_name, model, arch, model_values, tokenizer_path, extra=extra)
         json_dump(out / "results.json", results)
-        metrics.update(
-            {
-                "test": {
-                    m: {k: r[k] for k in ("accuracy", "macro_f1", "ci_low", "ci_high")}
-                    for m, r in results["test"].items()
-                }
-            },
-            generalization={o: {"accuracy": r["accuracy"]} for o, r in results["generalization"].items()},
-        )
+        keys = ("accuracy", "macro_f1", "ci_low", "ci_high")
+        metrics = {**trained, "test": {m: {k: r[k] for k in keys} for m, r in results["test"].items()}}
+        metrics["generalization"] = {o: {"accuracy": r["accuracy"]} for o, r in results["generalization"].items()}
         json_dump(out / "metrics.json", metrics)
-        write_curve_tsv(out / "curve.tsv", curve)
+        write_curve_tsv(out / "curve.tsv", results["curve"])
         tracking.log_metrics(metrics, prefix="final/")
         tracking.log_metrics(clock.metrics())
         tracking.log_artifacts(out / "results.json", out / "metrics.json", out / "curve.tsv")
         if params.tracking.register_models:
             example = pd.DataFrame({"text": [data.texts["test"][0]]})
-            tracking.log_lmcore_model(
-                out / "models" / "finetuned", "model", f"{params.tracking.classifier_model_name}-{name}", example
-            )
+            registered = f"{params.tracking.classifier_model_name}-{name}"
+            tracking.log_lmcore_model(out / "models" / "finetuned", "model", registered, example)
         logger.info("finetune@%s: %s", name, metrics["test"])
 
 
