@@ -15,7 +15,7 @@ import torch
 
 from lmcore.checkpoint import load_folder_tokenizer, load_model
 from lmcore.evaluate import evaluate_lm
-from lmcore.generate import generate
+from lmcore.generate import GENERATION_DEFAULTS, generate
 from lmcore.models import SequenceClassifier
 from lmcore.runtime import resolve_device
 from lmcore.tokenizer import TextTokenizer
@@ -97,10 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--model", required=True, type=Path, help=model_help)
     sample.add_argument("--prompt", default="\n")
     sample.add_argument("--max-new-tokens", type=int, default=200)
-    sample.add_argument("--temperature", type=float, default=0.8)
-    sample.add_argument("--top-k", type=int, default=0)
-    sample.add_argument("--top-p", type=float, default=1.0)
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--temperature", type=float, default=GENERATION_DEFAULTS["temperature"])
+    sample.add_argument("--top-k", type=int, default=GENERATION_DEFAULTS["top_k"])
+    sample.add_argument("--top-p", type=float, default=GENERATION_DEFAULTS["top_p"])
+    sample.add_argument("--seed", type=int, default=GENERATION_DEFAULTS["seed"])
     sample.add_argument("--num-samples", type=int, default=1)
     sample.add_argument("--device", type=device_argument, default="cpu", help=device_help)
 

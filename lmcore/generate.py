@@ -12,6 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+# The sampling a served model or the command line uses unless told otherwise (in one place).
+GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 0.8, "top_k": 50, "top_p": 1.0, "seed": 0}
+
 
 def check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
     """Sampling settings in range, as a ValueError naming the argument."""

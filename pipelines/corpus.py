@@ -5,9 +5,7 @@ Sources are local files, folders, globs or http(s) URLs of .txt, .md, .jsonl, .c
 unless a source says latin-1 or cp1252 (an error names the file and byte offset), the BOM is
 stripped, CRLF becomes LF and Unicode is NFC-normalised. A labeled source is a table (text and
 label by column) or a text file of one example per line, labeled by its source or by a pattern.
-Each document's split comes from a salted hash of its text, so adding documents never moves an
-old one to another split. Each record keeps where it came from (file, and line or row), so that a
-failed check can point at it.
+Each record keeps where it came from (file, and line or row), so that a failed check can point at it.
 """
 
 from __future__ import annotations
@@ -299,19 +297,3 @@ def iter_records(location: str, spec: ReadSpec, chunk_rows: int) -> Iterator[lis
 
 def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def assign_split(digest: str, salt: str, validation_fraction: float, test_fraction: float) -> str:
-    """train/validation/test from a salted hash: stable whatever else is in the corpus."""
-    position = int(hashlib.sha256(f"{salt}:{digest}".encode()).hexdigest()[:12], 16) / 16**12
-    if position < test_fraction:
-        return "test"
-    if position < test_fraction + validation_fraction:
-        return "validation"
-    return "train"
-
-
-def json_dump(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)

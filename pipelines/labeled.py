@@ -117,3 +117,20 @@ def write_task_streams(tokenizer: TextTokenizer, table: pd.DataFrame, task: Task
         tokenizer.write_documents(table.loc[table["split"] == "train", "text"], writer)
     stats["train_text_tokens"] = writer.meta.num_tokens
     return stats
+
+
+def read_test_set(labeled: LabeledSetParams, data: DataParams, quarantine: Path) -> tuple[pd.DataFrame, dict]:
+    """A test set's kept texts (all of them test; a stratified subset with test_subset) and counts."""
+    frame, counts = read_labeled(labeled, data, quarantine)
+    return take_test_subset(frame.assign(split="test"), labeled.test_subset, data.split_salt), counts
+
+
+def write_test_set(
+    tokenizer: TextTokenizer, frame: pd.DataFrame, labeled: LabeledSetParams, task: TaskParams, path: Path
+) -> None:
+    """A test set encoded for a task: its labels mapped onto the task's by name (MR's "pos" is SST-2's "1")."""
+    as_task = {
+        raw: task.labels[task.label_names.index(n)] for raw, n in zip(labeled.labels, labeled.label_names, strict=True)
+    }
+    mapped = frame.assign(label=frame["label"].map(as_task))
+    save_labeled(path, encode_examples(tokenizer, mapped, task.labels, task.max_len), tokenizer.vocab_size)

@@ -115,11 +115,9 @@ def _ci(entry: dict) -> str:
     return f"{entry['accuracy']:.3f} ({entry['ci_low']:.3f}-{entry['ci_high']:.3f})"
 
 
-def render_report(
-    summary: dict, results: dict[str, dict], data_counts: dict, plots: list[str], samples: list[str]
-) -> str:
-    lines = ["# Evaluation report", "", "## Generality: test accuracy per task (95% bootstrap CI)", ""]
+def generality_lines(summary: dict) -> list[str]:
     models = [m for m in MODELS if m in summary["tasks_mean"]]
+    lines = ["## Generality: test accuracy per task (95% bootstrap CI)", ""]
     lines += [
         "| task | " + " | ".join(models) + " | finetuned - scratch | finetuned - tfidf |",
         "|" + " --- |" * (len(models) + 3),
@@ -134,57 +132,62 @@ def render_report(
         ]
         lines.append(f"| {name} | " + " | ".join(_ci(scores[m]) for m in models) + " | " + " | ".join(diffs) + " |")
     lines.append("| **mean** | " + " | ".join(f"{summary['tasks_mean'][m]:.3f}" for m in models) + " | | |")
-    if summary["generalization"]:
-        lines += [
-            "",
-            "## Generalization: each task's finetuned classifier out of domain",
-            "",
-            "| trained on | in domain | tested on | accuracy |",
-            "| --- | --- | --- | --- |",
-        ]
-        for name, sets in summary["generalization"].items():
-            for other, entry in sets.items():
-                lines.append(f"| {name} | {_ci(summary['tasks'][name]['finetuned'])} | {other} | {_ci(entry)} |")
-    for name, r in results.items():
-        if not r["curve"]:
-            continue
-        bands = curve_bands(r["curve"], test_size(r))
-        lines += [
-            "",
-            f"## Label-budget curve: {name} (mean over seeds, 95% band)",
-            "",
-            "| labels | " + " | ".join(bands) + " |",
-            "|" + " --- |" * (len(bands) + 1),
-        ]
-        for i, n in enumerate(row[0] for row in next(iter(bands.values()))):
-            lines.append(
-                f"| {n} | " + " | ".join(f"{b[i][1]:.3f} ({b[i][2]:.3f}-{b[i][3]:.3f})" for b in bands.values()) + " |"
-            )
-    lines += [
-        "",
-        "## Language model: bits per byte (lower is better)",
-        "",
-        "| text | bytes | LM | xz -9e | gzip -9 |",
-        "| --- | --- | --- | --- | --- |",
-    ]
+    return lines
+
+
+def generalization_lines(summary: dict) -> list[str]:
+    if not summary["generalization"]:
+        return []
+    lines = ["## Generalization: each task's finetuned classifier out of domain", ""]
+    lines += ["| trained on | in domain | tested on | accuracy |", "| --- | --- | --- | --- |"]
+    for name, sets in summary["generalization"].items():
+        for other, entry in sets.items():
+            lines.append(f"| {name} | {_ci(summary['tasks'][name]['finetuned'])} | {other} | {_ci(entry)} |")
+    return lines
+
+
+def curve_lines(name: str, result: dict) -> list[str]:
+    bands = curve_bands(result["curve"], test_size(result))
+    lines = [f"## Label-budget curve: {name} (mean over seeds, 95% band)", ""]
+    lines += ["| labels | " + " | ".join(bands) + " |", "|" + " --- |" * (len(bands) + 1)]
+    for i, n in enumerate(row[0] for row in next(iter(bands.values()))):
+        lines.append(
+            f"| {n} | " + " | ".join(f"{b[i][1]:.3f} ({b[i][2]:.3f}-{b[i][3]:.3f})" for b in bands.values()) + " |"
+        )
+    return lines
+
+
+def lm_lines(summary: dict) -> list[str]:
+    lines = ["## Language model: bits per byte (lower is better)", ""]
+    lines += ["| text | bytes | LM | xz -9e | gzip -9 |", "| --- | --- | --- | --- | --- |"]
     for name, m in summary["lm"].items():
         lines.append(
             f"| {name} | {m['bytes']:,} | {m['bits_per_byte']:.3f} | {m['xz_bits_per_byte']:.3f} | {m['gzip_bits_per_byte']:.3f} |"
         )
+    return lines
+
+
+def data_lines(data_counts: dict) -> list[str]:
+    columns = ("read", "repaired_mojibake", "repaired_markup", "quarantined", "duplicates_dropped", "kept")
+    lines = ["## Data: repairs and quarantine per source", ""]
     lines += [
-        "",
-        "## Data: repairs and quarantine per source",
-        "",
         "| source | read | mojibake repaired | markup stripped | quarantined | duplicates | kept |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "|" + " --- |" * 7,
     ]
-    for source, c in data_counts.items():
-        lines.append(
-            f"| {source} | {c.get('read', 0):,} | {c.get('repaired_mojibake', 0):,} | {c.get('repaired_markup', 0):,} | {c.get('quarantined', 0):,} | {c.get('duplicates_dropped', 0):,} | {c.get('kept', 0):,} |"
-        )
-    lines += ["", "## Plots", ""] + [f"![{p}](plots/{p})" for p in plots]
-    lines += ["", "## Samples from the pretrained model", "", "```", *samples, "```", ""]
-    return "\n".join(lines)
+    for source, counts in data_counts.items():
+        lines.append(f"| {source} | " + " | ".join(f"{counts.get(c, 0):,}" for c in columns) + " |")
+    return lines
+
+
+def render_report(
+    summary: dict, results: dict[str, dict], data_counts: dict, plots: list[str], samples: list[str]
+) -> str:
+    sections = [generality_lines(summary), generalization_lines(summary)]
+    sections += [curve_lines(name, r) for name, r in results.items() if r["curve"]]
+    sections += [lm_lines(summary), data_lines(data_counts), ["## Plots", ""] + [f"![{p}](plots/{p})" for p in plots]]
+    sections.append(["## Samples from the pretrained model", "", "```", *samples, "```"])
+    parts = [["# Evaluation report"], *sections]
+    return "\n\n".join("\n".join(part) for part in parts if part) + "\n"
 
 
 def test_size(result: dict) -> int:

@@ -17,6 +17,16 @@ def hash_position(digest: str, salt: str) -> float:
     return int(hashlib.sha256(f"{salt}:{digest}".encode()).hexdigest()[:12], 16) / 16**12
 
 
+def assign_split(digest: str, salt: str, validation_fraction: float, test_fraction: float) -> str:
+    """train/validation/test from a salted hash: stable whatever else is in the corpus."""
+    position = hash_position(digest, salt)
+    if position < test_fraction:
+        return "test"
+    if position < test_fraction + validation_fraction:
+        return "validation"
+    return "train"
+
+
 def stratified_pick(digests: list[str], labels: list[str], fraction: float, salt: str) -> np.ndarray:
     """Indices of `fraction` of each class (rounded), the lowest salted hash positions first."""
     by_class: dict[str, list[int]] = defaultdict(list)

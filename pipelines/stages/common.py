@@ -161,3 +161,9 @@ def lm_evaluator(stream: str, tokenizer_sha256: str, block_size: int, params) ->
     return lambda model: evaluate_lm(
         model, data, block_size, params.evaluate.batch_size, params.evaluate.num_windows, meta.bytes_per_token
     )
+
+
+def json_dump(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)

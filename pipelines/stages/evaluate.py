@@ -23,10 +23,9 @@ from lmcore.evaluate import evaluate_lm
 from lmcore.generate import generate
 from lmcore.tokenizer import TextTokenizer, load_tokenizer
 from pipelines import tracking
-from pipelines.corpus import json_dump
 from pipelines.params import ROOT, Params, load_params, load_raw_params
 from pipelines.report import build_summary, plot_curve, plot_generality, render_report, test_size
-from pipelines.stages.common import logger, run_stage, stage_dir
+from pipelines.stages.common import json_dump, logger, run_stage, stage_dir
 from pipelines.stages.sinks import ComputeClock
 from pipelines.stages.tokenizer import split_texts
 

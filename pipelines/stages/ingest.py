@@ -18,10 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import tracking
-from pipelines.corpus import ReadSpec, Record, assign_split, expand_sources, iter_records, json_dump
+from pipelines.corpus import ReadSpec, Record, expand_sources, iter_records
 from pipelines.data_params import SPLITS
 from pipelines.params import ROOT, Params, load_params, load_raw_params
-from pipelines.stages.common import fresh_dir, logger, run_stage, stage_dir, swap_in
+from pipelines.splits import assign_split
+from pipelines.stages.common import fresh_dir, json_dump, logger, run_stage, stage_dir, swap_in
 from pipelines.stages.sinks import ComputeClock
 from pipelines.tables import DocumentCleaner
 

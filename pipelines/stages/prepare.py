@@ -13,13 +13,20 @@ from __future__ import annotations
 
 import shutil
 
-from lmcore.data import save_labeled
 from lmcore.tokenizer import load_tokenizer
 from pipelines import tracking
-from pipelines.corpus import json_dump
-from pipelines.labeled import encode_examples, read_labeled, split_task, take_test_subset, write_task_streams
+from pipelines.labeled import read_labeled, read_test_set, split_task, write_task_streams, write_test_set
 from pipelines.params import load_params, load_raw_params
-from pipelines.stages.common import ValidationFailed, fresh_dir, logger, run_stage, stage_dir, swap_in, task_argument
+from pipelines.stages.common import (
+    ValidationFailed,
+    fresh_dir,
+    json_dump,
+    logger,
+    run_stage,
+    stage_dir,
+    swap_in,
+    task_argument,
+)
 from pipelines.stages.sinks import ComputeClock
 from pipelines.tables import read_quarantine
 
@@ -41,23 +48,16 @@ def main() -> None:
             frame, sources = read_labeled(task, params.data, tmp / "quarantine.jsonl")
             table, dropped = split_task(frame, task, params.data.split_salt)
             table.to_parquet(tmp / "labeled.parquet", index=False)
-            tables = {
-                name: Table(
-                    table, task.labels, ["train", "validation", "test"], read_quarantine(tmp / "quarantine.jsonl")
-                )
-            }
+            shares = (task.min_class_share, task.max_class_share)
+            splits = ["train", "validation", "test"]
+            tables = {name: Table(table, task.labels, splits, read_quarantine(tmp / "quarantine.jsonl"), shares)}
             test_sets = {}
             for other in task.test_on:
-                labeled = params.test_sets[other]
                 quarantine = tmp / f"test_{other}.quarantine.jsonl"
-                frame, counts = read_labeled(labeled, params.data, quarantine)
+                test_sets[other], counts = read_test_set(params.test_sets[other], params.data, quarantine)
                 sources.update(counts)
-                test_sets[other] = take_test_subset(
-                    frame.assign(split="test"), labeled.test_subset, params.data.split_salt
-                )
-                tables[f"{name}.test_{other}"] = Table(
-                    test_sets[other], labeled.labels, ["test"], read_quarantine(quarantine)
-                )
+                labels = params.test_sets[other].labels
+                tables[f"{name}.test_{other}"] = Table(test_sets[other], labels, ["test"], read_quarantine(quarantine))
             success, failures, results = validate_tables(tables, params.data, params.validate, tmp / "data_docs")
         summary = {"success": success, "failed_expectations": [f.describe() for f in failures]}
         json_dump(tmp / "validation.json", {**summary, "results": results})
@@ -68,27 +68,12 @@ def main() -> None:
             where = f"results in {failed_dir}; MLflow run {run.info.run_id}"
             raise ValidationFailed(f"task {name}: data validation failed; {where}", summary["failed_expectations"])
         with clock.measure():
-            tokenizer = load_tokenizer(
-                stage_dir("tokenizer") / "tokenizer.json", params.tokenizer.eot_token, params.tokenizer.pad_token
-            )
+            tokenizer_path = stage_dir("tokenizer") / "tokenizer.json"
+            tokenizer = load_tokenizer(tokenizer_path, params.tokenizer.eot_token, params.tokenizer.pad_token)
             stats = {"splits": write_task_streams(tokenizer, table, task, tmp), "sources": sources}
             stats["dropped_inside_validation_texts"] = dropped
             for other, frame in test_sets.items():
-                labeled = params.test_sets[other]
-                # A test set's labels map onto the task's by name: MR's "pos" is SST-2's "1".
-                as_task = dict(
-                    zip(
-                        labeled.labels,
-                        (task.labels[task.label_names.index(n)] for n in labeled.label_names),
-                        strict=True,
-                    )
-                )
-                mapped = frame.assign(label=frame["label"].map(as_task))
-                save_labeled(
-                    tmp / f"test_{other}.npz",
-                    encode_examples(tokenizer, mapped, task.labels, task.max_len),
-                    tokenizer.vocab_size,
-                )
+                write_test_set(tokenizer, frame, params.test_sets[other], task, tmp / f"test_{other}.npz")
                 stats[f"test_{other}"] = {"examples": len(frame)}
         json_dump(tmp / "stats.json", stats)
         tracking.log_table_input(table[["doc_id", "split", "label"]], out / "labeled.parquet", name, context="prepared")

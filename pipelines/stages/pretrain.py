@@ -8,79 +8,92 @@ Outputs: the exported model, metrics.json for `dvc metrics`, curve.tsv for `dvc 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pandas as pd
 import torch
+import torch.nn as nn
 
 from lmcore.checkpoint import export_model
 from lmcore.data import check_block_size, get_batch
+from lmcore.generate import GENERATION_DEFAULTS
 from lmcore.models import build_model, build_model_config
-from lmcore.tokenizer import load_tokenizer
-from lmcore.train import lm_loss, train
+from lmcore.tokenizer import TextTokenizer, load_tokenizer
+from lmcore.train import TrainResult, lm_loss, train
 from pipelines import tracking
-from pipelines.corpus import json_dump
-from pipelines.params import load_params, load_raw_params, stage_params
-from pipelines.stages.common import lm_evaluator, logger, open_stream, resumable_checkpoints, run_stage, stage_dir
+from pipelines.params import Params, load_params, load_raw_params, stage_params
+from pipelines.stages.common import (
+    json_dump,
+    lm_evaluator,
+    logger,
+    open_stream,
+    resumable_checkpoints,
+    run_stage,
+    stage_dir,
+)
 from pipelines.stages.sinks import ComputeClock, CurveWriter, MetricHistory, Progress, fan_out
 from pipelines.stages.stopping import stop_requests
 
-GENERATION_DEFAULTS = {"max_new_tokens": 64, "temperature": 0.8, "top_k": 50, "top_p": 1.0, "seed": 0}
 CURVE_COLUMNS = ["train/loss", "val/loss", "train/lr", "train/tokens_per_sec", "train/mfu"]
+
+
+def pretrain(
+    params: Params, raw: dict, tokenizer: TextTokenizer, out: Path
+) -> tuple[nn.Module, TrainResult, MetricHistory]:
+    """Build `model.arch` and train it on the corpus's train stream, resuming from a checkpoint of the same run."""
+    train_data, _ = open_stream("corpus_train", tokenizer.sha256())
+    val_data, _ = open_stream("corpus_validation", tokenizer.sha256())
+    arch = params.model.arch
+    config = build_model_config(
+        arch, {**params.model.config_values(), "vocab_size": tokenizer.vocab_size}, f"model.{arch}"
+    )
+    block_size, batch_size = config.block_size, params.pretrain.batch_size
+    check_block_size(train_data, block_size, "pretrain train split")
+    check_block_size(val_data, block_size, "pretrain validation split")
+    torch.manual_seed(params.pretrain.seed)  # the init draws from the global generator, random per process
+    model = build_model(arch, config)
+    checkpoints = out / "checkpoints"
+    fingerprint = resumable_checkpoints(checkpoints, stage_params("pretrain", raw), tokenizer.sha256())
+    history = MetricHistory()
+    curve = CurveWriter(out / "curve.tsv", CURVE_COLUMNS)
+    sinks = fan_out(tracking.metric_logger(), curve, history, Progress(params.pretrain.max_steps, "pretrain"))
+    with stop_requests() as should_stop:  # a SIGTERM checkpoints the finished step, and the next run resumes it
+        result = train(
+            model,
+            params.pretrain,
+            lambda g: get_batch(train_data, batch_size, block_size, g),
+            lm_loss,
+            evaluate=lm_evaluator("corpus_validation", tokenizer.sha256(), block_size, params),
+            log=sinks,
+            checkpoint_dir=checkpoints,
+            checkpoint_extra={"fingerprint": fingerprint, "tokenizer_sha256": tokenizer.sha256()},
+            should_stop=should_stop,
+        )
+    curve.close()
+    return model, result, history
 
 
 def main() -> None:
     params = load_params()
     raw = load_raw_params()
     tok_dir, out = stage_dir("tokenizer"), stage_dir("pretrain")
-    checkpoint_dir = out / "checkpoints"
-    arch = params.model.arch
-    with tracking.stage_run(
-        "pretrain",
-        params.tracking.experiment,
-        {"model": raw["model"], "pretrain": raw["pretrain"]},
-        out,
-        {"tokenizer": tok_dir},
-    ):
+    logged = {"model": raw["model"], "pretrain": raw["pretrain"]}
+    with tracking.stage_run("pretrain", params.tracking.experiment, logged, out, {"tokenizer": tok_dir}):
         clock = ComputeClock()
         with clock.measure():
             tokenizer = load_tokenizer(
                 tok_dir / "tokenizer.json", params.tokenizer.eot_token, params.tokenizer.pad_token
             )
-            train_data, _ = open_stream("corpus_train", tokenizer.sha256())
-            val_data, _ = open_stream("corpus_validation", tokenizer.sha256())
-            model_values = {**params.model.config_values(), "vocab_size": tokenizer.vocab_size}
-            config = build_model_config(arch, model_values, f"model.{arch}")
-            block_size, batch_size = config.block_size, params.pretrain.batch_size
-            check_block_size(train_data, block_size, "pretrain train split")
-            check_block_size(val_data, block_size, "pretrain validation split")
-            torch.manual_seed(params.pretrain.seed)  # the init draws from the global generator, random per process
-            model = build_model(arch, config)
-            fingerprint = resumable_checkpoints(checkpoint_dir, stage_params("pretrain", raw), tokenizer.sha256())
-
-            history = MetricHistory()
-            curve = CurveWriter(out / "curve.tsv", CURVE_COLUMNS)
             start = time.perf_counter()
-            with stop_requests() as should_stop:  # a SIGTERM checkpoints the finished step, and the next run resumes it
-                result = train(
-                    model,
-                    params.pretrain,
-                    lambda g: get_batch(train_data, batch_size, block_size, g),
-                    lm_loss,
-                    evaluate=lm_evaluator("corpus_validation", tokenizer.sha256(), block_size, params),
-                    log=fan_out(
-                        tracking.metric_logger(), curve, history, Progress(params.pretrain.max_steps, "pretrain")
-                    ),
-                    checkpoint_dir=checkpoint_dir,
-                    checkpoint_extra={"fingerprint": fingerprint, "tokenizer_sha256": tokenizer.sha256()},
-                    should_stop=should_stop,
-                )
-            curve.close()
+            model, result, history = pretrain(params, raw, tokenizer, out)
+            wall = time.perf_counter() - start
             extra = {
                 "tokenizer_sha256": tokenizer.sha256(),
                 "eot_token": tokenizer.eot_token,
                 "pad_token": tokenizer.pad_token,
             }
-            export_model(out / "model", model, arch, model_values, tok_dir / "tokenizer.json", extra=extra)
+            values = {**params.model.config_values(), "vocab_size": tokenizer.vocab_size}
+            export_model(out / "model", model, params.model.arch, values, tok_dir / "tokenizer.json", extra=extra)
         metrics = {
             "val": result.eval_metrics,
             "train_loss": result.train_loss,
@@ -88,19 +101,15 @@ def main() -> None:
             "params": model.num_params(),
             "tokens_per_sec": history.median("train/tokens_per_sec"),
             "mfu": history.median("train/mfu"),
-            "wall_seconds": time.perf_counter() - start,
+            "wall_seconds": wall,
         }
         json_dump(out / "metrics.json", metrics)
         tracking.log_metrics(metrics, prefix="final/")
         tracking.log_metrics(clock.metrics())
         tracking.log_artifacts(out / "metrics.json", out / "curve.tsv")
-        version = tracking.log_lmcore_model(
-            out / "model",
-            "model",
-            params.tracking.lm_model_name if params.tracking.register_models else None,
-            pd.DataFrame({"text": ["ROMEO:"]}),
-            params=GENERATION_DEFAULTS,
-        )
+        name = params.tracking.lm_model_name if params.tracking.register_models else None
+        example = pd.DataFrame({"text": ["This movie"]})
+        version = tracking.log_lmcore_model(out / "model", "model", name, example, params=GENERATION_DEFAULTS)
         logger.info("pretrain done: %s (registered version %s)", metrics, version)
 
 

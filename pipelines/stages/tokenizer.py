@@ -17,10 +17,9 @@ import pyarrow.parquet as pq
 from lmcore.data import TokenStreamWriter
 from lmcore.tokenizer import TokenizerConfig, train_tokenizer
 from pipelines import tracking
-from pipelines.corpus import json_dump
 from pipelines.data_params import SPLITS
 from pipelines.params import load_params, load_raw_params
-from pipelines.stages.common import logger, run_stage, stage_dir
+from pipelines.stages.common import json_dump, logger, run_stage, stage_dir
 from pipelines.stages.sinks import ComputeClock
 
 READ_ROWS = 4096

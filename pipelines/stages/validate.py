@@ -13,9 +13,8 @@ import shutil
 import pandas as pd
 
 from pipelines import tracking
-from pipelines.corpus import json_dump
 from pipelines.params import load_params, load_raw_params
-from pipelines.stages.common import ValidationFailed, fresh_dir, logger, run_stage, stage_dir, swap_in
+from pipelines.stages.common import ValidationFailed, fresh_dir, json_dump, logger, run_stage, stage_dir, swap_in
 from pipelines.tables import read_quarantine
 
 SPLITS = ["train", "validation", "test"]

@@ -28,7 +28,7 @@ class LmcoreModel(PythonModel):
 
         from lmcore.data import LabeledExamples
         from lmcore.evaluate import predict_classes
-        from lmcore.generate import generate
+        from lmcore.generate import GENERATION_DEFAULTS, generate
 
         params = params or {}
         texts = [str(t) for t in model_input["text"]]
@@ -42,16 +42,17 @@ class LmcoreModel(PythonModel):
                 )
             names = self.config.get("label_names") or [str(i) for i in range(probs.shape[1])]
             return pd.DataFrame({"label": [names[i] for i in predicted], "probability": probs.max(1)})
+        settings = {**GENERATION_DEFAULTS, **(params or {})}
         outputs = []
         for i, text in enumerate(texts):
             ids = generate(
                 self.model,
                 self.tokenizer.encode(text) or [self.tokenizer.eot_id],
-                int(params.get("max_new_tokens", 64)),
-                float(params.get("temperature", 0.8)),
-                int(params.get("top_k", 50)),
-                float(params.get("top_p", 1.0)),
-                int(params.get("seed", 0)) + i,
+                int(settings["max_new_tokens"]),
+                float(settings["temperature"]),
+                int(settings["top_k"]),
+                float(settings["top_p"]),
+                int(settings["seed"]) + i,
                 self.tokenizer.eot_id,
             )
             outputs.append(self.tokenizer.decode(ids))

@@ -10,12 +10,12 @@ import pytest
 from pipelines.corpus import (
     ReadSpec,
     SourceError,
-    assign_split,
     expand_sources,
     iter_records,
     iter_text_documents,
     text_hash,
 )
+from pipelines.splits import assign_split
 
 
 def records(location, rule="blank_line", text_field="text", label_field=None, chunk_rows=3, **spec):

@@ -3,9 +3,9 @@ import json
 import pandas as pd
 import pytest
 
-from pipelines.corpus import json_dump
 from pipelines.data_params import DataParams, ValidateParams
 from pipelines.expectations import Table, validate_tables
+from pipelines.stages.common import json_dump
 
 DATA = DataParams(
     split_salt="s",
