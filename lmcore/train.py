@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from lmcore.checkpoint import CHECKPOINT_NAME
 from lmcore.runtime import synchronize
-from lmcore.train_config import TrainConfig, batch_generator, build_optimizer, get_lr
+from lmcore.train_config import TrainConfig, batch_generator, build_optimizer, get_lr, layer_lr_scale
 from lmcore.train_state import (
     Batch,
     SpeedMeter,
@@ -57,6 +57,7 @@ __all__ = [
     "build_optimizer",
     "classification_loss",
     "get_lr",
+    "layer_lr_scale",
     "lm_loss",
     "train",
 ]

@@ -42,6 +42,12 @@ class TrainConfig:
     # (see ShardedBackward). 1 runs the batch whole, with torch's own intra-op threads; 0 is auto:
     # torch.get_num_threads() where the run allows it (CPU, one process, no dropout, no compile).
     batch_threads: int = 1
+    # ULMFiT's finetuning (Howard and Ruder 2018), on models with layer_groups(): each group below
+    # the top trains at the learning rate divided by layer_lr_decay per group (their 2.6; 1 is
+    # off), and with unfreeze_interval N only the top group trains for the first N steps, then one
+    # more group every N steps (0: all groups from the start).
+    layer_lr_decay: float = 1.0
+    unfreeze_interval: int = 0
 
     def __post_init__(self) -> None:
         for name in (
@@ -58,7 +64,9 @@ class TrainConfig:
             raise ValueError(
                 f"learning_rate={self.learning_rate} and min_lr={self.min_lr} need 0 <= min_lr <= learning_rate"
             )
-        for name in ("warmup_steps", "lr_decay_steps", "weight_decay", "early_stopping_patience"):
+        if self.layer_lr_decay < 1.0:
+            raise ValueError(f"layer_lr_decay must be >= 1 (1 is off), got {self.layer_lr_decay}")
+        for name in ("warmup_steps", "lr_decay_steps", "weight_decay", "early_stopping_patience", "unfreeze_interval"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("beta1", "beta2"):
@@ -91,6 +99,18 @@ def get_lr(step: int, config: TrainConfig) -> float:
     return config.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.learning_rate - config.min_lr)
 
 
+def layer_lr_scale(depth: int, step: int, config: TrainConfig) -> float:
+    """The learning rate's factor for the layer group `depth` groups below the top, at `step`:
+    0 while the group is still frozen."""
+    if config.unfreeze_interval and depth > step // config.unfreeze_interval:
+        return 0.0
+    return config.layer_lr_decay**-depth
+
+
+def layered(config: TrainConfig) -> bool:
+    return config.layer_lr_decay != 1.0 or config.unfreeze_interval > 0
+
+
 def batch_generator(seed: int, step: int, slot: int) -> torch.Generator:
     """The generator of one micro-batch: a pure function of (seed, step, slot)."""
     return torch.Generator().manual_seed(hash((seed, step, slot)) & 0x7FFF_FFFF_FFFF_FFFF)
@@ -100,11 +120,30 @@ def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
+    by_depth = [params] if not layered(config) else layers_top_down(model, params)
     # Matrices and embeddings decay; biases and norm gains do not.
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for p in layer if (p.dim() >= 2) == decays], "weight_decay": wd, "depth": depth}
+        for depth, layer in enumerate(by_depth)
+        for decays, wd in ((True, config.weight_decay), (False, 0.0))
     ]
     # The fused kernel exists for CUDA and CPU; on CPU it is 8x faster than foreach here.
     fast = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
     return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.beta1, config.beta2), **fast)
+
+
+def layers_top_down(model: nn.Module, params: list[nn.Parameter]) -> list[list[nn.Parameter]]:
+    """The trainable `params` by layer group, the top group first; each parameter once."""
+    if not hasattr(model, "layer_groups"):
+        raise ValueError(
+            f"layer_lr_decay and unfreeze_interval need a model with layer_groups(); {type(model).__name__} has none"
+        )
+    trainable, seen, layers = {id(p) for p in params}, set(), []
+    for group in reversed(model.layer_groups()):
+        layers.append([p for p in group if id(p) in trainable and id(p) not in seen])
+        seen.update(id(p) for p in group)
+    if missing := trainable - seen:
+        raise ValueError(
+            f"{len(missing)} trainable parameters of {type(model).__name__} are in none of its layer_groups()"
+        )
+    return layers

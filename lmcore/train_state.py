@@ -19,7 +19,7 @@ from lmcore.checkpoint import check_state_fits, load_checkpoint, save_checkpoint
 from lmcore.evaluate import shared_across_ranks
 from lmcore.runtime import autocast_context, measure_peak_flops, resolve_dtype, setup_distributed
 from lmcore.sharding import ShardedBackward, intra_op_threads, resolve_batch_threads
-from lmcore.train_config import TrainConfig, batch_generator, build_optimizer, get_lr
+from lmcore.train_config import TrainConfig, batch_generator, build_optimizer, get_lr, layer_lr_scale
 
 logger = logging.getLogger("lmcore.train")  # one logger for the loop and its parts
 Batch = tuple[torch.Tensor, ...]
@@ -188,8 +188,11 @@ def optimizer_step(
     """One optimizer step over the micro-batches: (loss, grad norm, tokens, whether any rank was
     asked to stop). `should_stop` is asked once, after the backward."""
     config, device = run.config, run.device
+    frozen = []  # layer groups not yet unfrozen: no update, no moments, no share of the clip
     for group in run.optimizer.param_groups:
-        group["lr"] = get_lr(step, config)
+        scale = layer_lr_scale(group.get("depth", 0), step, config)
+        group["lr"] = get_lr(step, config) * scale
+        frozen.extend(group["params"] if scale == 0.0 else [])
     loss_sum = torch.zeros((), device=device)
     tokens = 0
     for micro_step in range(config.grad_accum_steps):
@@ -213,6 +216,8 @@ def optimizer_step(
     if not math.isfinite(loss_value):
         run.optimizer.zero_grad(set_to_none=True)
         return loss_value, float("nan"), tokens, stop
+    for p in frozen:
+        p.grad = None
     run.scaler.unscale_(run.optimizer)
     clip = config.grad_clip if config.grad_clip > 0 else float("inf")
     grad_norm = float(torch.nn.utils.clip_grad_norm_(run.params, clip))

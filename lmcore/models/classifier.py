@@ -67,6 +67,10 @@ class SequenceClassifier(nn.Module):
             self.backbone.eval()
         return self
 
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """The backbone's groups bottom to top, then the head."""
+        return [*self.backbone.layer_groups(), list(self.head.parameters())]
+
     def num_params(self, non_embedding: bool = True) -> int:
         return self.backbone.num_params(non_embedding) + sum(p.numel() for p in self.head.parameters())
 

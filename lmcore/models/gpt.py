@@ -238,6 +238,14 @@ class GPT(nn.Module):
         """Logits (B, T, V) of new tokens given the cache; the cache is extended in place."""
         return self.lm_head(self.features(idx, state)), state
 
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Parameters bottom to top, for discriminative learning rates and gradual unfreezing: the
+        embeddings (the tied output head among them), then each block, the final norm with the last."""
+        embeddings = [self.wte.weight, *([self.wpe.weight] if self.wpe is not None else [])]
+        blocks = [list(b.parameters()) for b in self.blocks]
+        blocks[-1] += list(self.norm_f.parameters())
+        return [embeddings, *blocks]
+
     @property
     def context_length(self) -> int:
         return self.config.block_size

@@ -109,6 +109,16 @@ class RecurrentLM(nn.Module):
         h, state = self._run(idx, state)
         return self._head(h), state
 
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Parameters bottom to top, for discriminative learning rates and gradual unfreezing: the
+        embedding, then each recurrent layer, the output projection with the last."""
+        layers = [
+            [p for name, p in self.rnn.named_parameters() if name.endswith(f"_l{k}")]
+            for k in range(self.config.n_layer)
+        ]
+        layers[-1] += [*(self.down.parameters() if self.down is not None else []), self.lm_head.bias]
+        return [[self.wte.weight], *layers]
+
     @property
     def context_length(self) -> int | None:
         return None

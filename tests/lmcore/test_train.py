@@ -14,6 +14,7 @@ from lmcore.train import (
     TrainingInterrupted,
     classification_loss,
     get_lr,
+    layer_lr_scale,
     lm_loss,
     train,
 )
@@ -72,12 +73,18 @@ def test_training_reduces_validation_loss_and_logs_metrics():
 
 
 @pytest.mark.parametrize(
-    "name,dtype,batch_threads",
-    [("gpt", "float32", 1), ("lstm", "float32", 1), ("gpt", "float16", 1), ("gpt", "float32", 2)],
+    "name,dtype,batch_threads,layered",
+    [
+        ("gpt", "float32", 1, {}),
+        ("lstm", "float32", 1, {}),
+        ("gpt", "float16", 1, {}),
+        ("gpt", "float32", 2, {}),
+        ("lstm", "float32", 1, {"layer_lr_decay": 2.6, "unfreeze_interval": 4}),
+    ],
 )
-def test_resume_after_interruption_is_exact(tmp_path, name, dtype, batch_threads):
+def test_resume_after_interruption_is_exact(tmp_path, name, dtype, batch_threads, layered):
     cfg = TrainConfig(
-        **{**BASE.__dict__, "max_steps": 16, "dtype": dtype, "device": "cpu", "batch_threads": batch_threads}
+        **{**BASE.__dict__, "max_steps": 16, "dtype": dtype, "device": "cpu", "batch_threads": batch_threads, **layered}
     )
     dropout = 0.1 if batch_threads == 1 else 0.0  # threads refuse dropout
     torch.manual_seed(0)
@@ -268,6 +275,65 @@ def test_frozen_backbone_trains_only_the_head():
     train(model, cfg, lambda g: get_labeled_batch(data, 8, 0, 16, g), classification_loss)
     assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in before.items())
     assert not torch.equal(head_before, model.head.weight)
+
+
+def test_layer_lr_scale_divides_per_group_below_the_top_and_unfreezes_one_group_per_interval():
+    cfg = TrainConfig(max_steps=100, layer_lr_decay=2.0, unfreeze_interval=10)
+    assert [layer_lr_scale(depth, 0, cfg) for depth in range(3)] == [1.0, 0.0, 0.0]
+    assert [layer_lr_scale(depth, 10, cfg) for depth in range(3)] == [1.0, 0.5, 0.0]
+    assert [layer_lr_scale(depth, 25, cfg) for depth in range(3)] == [1.0, 0.5, 0.25]
+    assert layer_lr_scale(3, 0, TrainConfig()) == 1.0  # off by default
+
+
+@pytest.mark.parametrize("name", ["gpt", "gpt_classic", "lstm", "gru"])
+def test_layer_groups_hold_every_parameter_once_bottom_to_top(name):
+    model = SequenceClassifier(tiny_model(name), 2)
+    groups = model.layer_groups()
+    ids = [id(p) for group in groups for p in group]
+    assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in model.parameters()}
+    assert groups[0][0] is model.backbone.wte.weight and groups[-1] == list(model.head.parameters())
+    assert len(groups) == 1 + 2 + 1  # embeddings, two layers, the head
+
+
+@pytest.mark.parametrize("name", ["gpt", "lstm"])
+def test_gradual_unfreezing_trains_the_head_first_then_one_layer_group_more_per_interval(name):
+    torch.manual_seed(0)
+    model = SequenceClassifier(tiny_model(name), 2)
+    groups = model.layer_groups()
+    data = make_labeled(64)
+    cfg = TrainConfig(
+        max_steps=4, batch_size=8, warmup_steps=1, peak_flops=1e9, unfreeze_interval=2, layer_lr_decay=2.6
+    )
+
+    def snapshot():
+        return [[p.detach().clone() for p in group] for group in groups]
+
+    changed = []
+    for steps in (2, 4):
+        before = snapshot()
+        train(
+            model,
+            TrainConfig(**{**cfg.__dict__, "max_steps": steps}),
+            lambda g: get_labeled_batch(data, 8, 0, 16, g),
+            classification_loss,
+        )
+        after = snapshot()
+        changed.append(
+            [any(not torch.equal(a, b) for a, b in zip(x, y, strict=True)) for x, y in zip(before, after, strict=True)]
+        )
+    # steps 0-1 train the head alone; a fresh run of 4 steps trains the head and, from step 2, the group below it
+    assert changed[0] == [False, False, False, True]
+    assert changed[1] == [False, False, True, True]
+
+
+def test_layered_learning_rates_need_a_model_with_layer_groups():
+    class Plain(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(2, 2)
+
+    with pytest.raises(ValueError, match="layer_groups"):
+        train(Plain(), TrainConfig(max_steps=1, layer_lr_decay=2.6), lambda g: None, lambda m, b: None)
 
 
 def test_grad_accumulation_matches_a_bigger_batch():

@@ -397,10 +397,12 @@ def test_a_curve_interrupted_keeps_its_finished_points(tiny_project):
 def test_the_finetune_sweep_bench_scores_a_recipe_on_validation(tiny_project):
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench/finetune_sweep.py"), "trec", "--labels", "60", "--seeds", "0", "1"]
-        + ["--set", "max_steps=5", "--set", "learning_rate=1e-3"],
+        + ["--set", "max_steps=5", "--set", "learning_rate=1e-3", "--lm-adapt", "--finetune", "lm_steps=3"],
         cwd=tiny_project, env=project_env(tiny_project), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    adapted, *rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert adapted["lm_adapt"]["steps"] == 3
     assert [(r["seed"], r["labels"], r["steps"]) for r in rows] == [(0, 60, 5), (1, 60, 5)]
     assert rows[0]["train"] == {"max_steps": 5, "learning_rate": 1e-3, "min_lr": 1e-4}
+    assert rows[0]["finetune"] == {"lm_steps": 3} and rows[0]["lm_adapt"]
