@@ -94,17 +94,24 @@ def intra_op_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def batch_threads_problem(config: TrainConfig, device_type: str, world_size: int, dropout: float) -> str | None:
+    """Why a run cannot split its micro-batches over threads (None: it can). `dropout` is the
+    model's largest dropout; a config loader calls this before any model exists."""
+    if device_type != "cpu":
+        return f"runs on CPU only, the device is {device_type}"
+    if world_size > 1:
+        return "is for one process; under torchrun run one rank per core instead"
+    if config.compile:
+        return "cannot be combined with compile=true (Dynamo is not thread-safe)"
+    if dropout > 0:
+        return "needs dropout 0: threads would draw dropout masks from torch's global generator in a racy order"
+    return None
+
+
 def resolve_batch_threads(model: nn.Module, config: TrainConfig, device: torch.device, world_size: int) -> int:
     """train.batch_threads as a count: 0 (auto) is torch's thread count where splitting is allowed, else 1."""
-    problem = None
-    if device.type != "cpu":
-        problem = f"runs on CPU only, the device is {device}"
-    elif world_size > 1:
-        problem = "is for one process; under torchrun run one rank per core instead"
-    elif config.compile:
-        problem = "cannot be combined with compile=true (Dynamo is not thread-safe)"
-    elif any(_dropout_of(m) > 0 for m in model.modules()):
-        problem = "needs dropout 0: threads would draw dropout masks from torch's global generator in a racy order"
+    dropout = max((_dropout_of(m) for m in model.modules()), default=0.0)
+    problem = batch_threads_problem(config, device.type, world_size, dropout)
     if config.batch_threads == 0:
         return 1 if problem else min(torch.get_num_threads(), config.batch_size)
     if problem and config.batch_threads > 1:

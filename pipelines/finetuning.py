@@ -80,10 +80,8 @@ def lm_adapt(model: nn.Module, params: Params, stream: Path, max_len: int, log, 
     # The task's texts may be short: windows of max_len tokens hold several of them.
     block_size = min(model.config.block_size, max_len)
     check_block_size(data, block_size, f"{stream} (the task's train texts)")
-    batch_size = params.finetune.lm_batch_size
-    config = dataclasses.replace(
-        params.finetune.train, max_steps=params.finetune.lm_steps, batch_size=batch_size, early_stopping_patience=0
-    )
+    config = params.finetune.lm_config()
+    batch_size = config.batch_size
     with stop_requests() as should_stop:
         result = train(
             model,

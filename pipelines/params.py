@@ -20,6 +20,7 @@ from ruamel.yaml.error import YAMLError
 from lmcore.config import config_from_dict
 from lmcore.generate import check_sampling
 from lmcore.models import ARCHITECTURES, build_model_config
+from lmcore.sharding import batch_threads_problem
 from lmcore.tokenizer import TokenizerConfig
 from lmcore.train import TrainConfig
 from pipelines.data_params import CorpusParams, DataParams, LabeledSetParams, TaskParams, ValidateParams, check_tasks
@@ -76,6 +77,12 @@ class FinetuneParams:
         """finetune.train with the task's own changes (tasks.<name>.train)."""
         values = {**dataclasses.asdict(self.train), **task.train}
         return config_from_dict(TrainConfig, values, f"tasks.{name}.train")
+
+    def lm_config(self) -> TrainConfig:
+        """The LM adaptation phase's training: finetune.train with the phase's steps and batch."""
+        return dataclasses.replace(
+            self.train, max_steps=self.lm_steps, batch_size=self.lm_batch_size, early_stopping_patience=0
+        )
 
     def classifier_steps(self, examples: int, train: TrainConfig) -> int:
         """Steps for `examples` labeled examples: `epochs` passes, at least min_steps, at most max_steps."""
@@ -175,24 +182,22 @@ def load_params(path: str | Path | None = None) -> Params:
 
 
 def check_batch_threads(params: Params) -> None:
-    """Threads refuse dropout (lmcore.train.ShardedBackward): say so at load, not after a stage's work."""
+    """lmcore's rules for row-shard threads (dropout, compile; rows per thread), said at load rather
+    than after a stage's work, naming the keys."""
     arch = params.model.arch
     backbone = (f"model.{arch}.dropout", params.model.config_values().get("dropout", 0.0))
     classifier = ("finetune.classifier_dropout", params.finetune.classifier_dropout)
-    finetune_threads = params.finetune.train.batch_threads
-    checks = [
-        ("pretrain.batch_threads", params.pretrain.batch_threads, backbone),
-        ("finetune.train.batch_threads", finetune_threads, backbone),
-        ("finetune.train.batch_threads", finetune_threads, classifier),
-    ]
-    for key, threads, (dropout_key, dropout) in checks:
-        if threads > 1 and dropout > 0:
-            raise ValueError(f"{key}={threads} needs {dropout_key} 0, got {dropout}; or use 0 (auto) or 1")
-    if params.finetune.recipe == "lm_then_classification" and finetune_threads > params.finetune.lm_batch_size:
-        raise ValueError(
-            f"finetune.train.batch_threads={finetune_threads} is more than finetune.lm_batch_size="
-            f"{params.finetune.lm_batch_size}: every thread needs at least one row"
-        )
+    ft = params.finetune
+    checks = [("pretrain", params.pretrain, backbone), ("finetune.train", ft.train, backbone)]
+    checks.append(("finetune.train", ft.train, classifier))
+    for section, config, (dropout_key, dropout) in checks:
+        if config.batch_threads > 1 and (problem := batch_threads_problem(config, "cpu", 1, dropout)):
+            raise ValueError(f"{section}.batch_threads={config.batch_threads} {problem} ({dropout_key}={dropout})")
+    if ft.recipe == "lm_then_classification":
+        try:
+            ft.lm_config()
+        except ValueError as error:
+            raise ValueError(f"finetune.train with finetune.lm_batch_size={ft.lm_batch_size}: {error}") from None
 
 
 def check_early_stopping(params: Params) -> None:
