@@ -81,6 +81,26 @@ class ReferenceGPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
 
+def write_char_data(text_file: Path, train_path: Path) -> tuple[np.ndarray, int]:
+    """Characters as ids: the first 90% written to `train_path`, the rest returned; and the vocab size."""
+    text = text_file.read_text()
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    ids = np.fromiter((stoi[c] for c in text), dtype=np.uint16, count=len(text))
+    split = int(0.9 * len(ids))
+    ids[:split].tofile(train_path)
+    return ids[split:], len(chars)
+
+
+def validation_loss(model: nn.Module, val: np.ndarray, num_windows: int) -> float:
+    """Mean loss over `num_windows` evenly spaced windows of the held-out ids."""
+    model.eval()
+    starts = np.linspace(0, len(val) - BLOCK - 1, num_windows).round().astype(np.int64)
+    with torch.no_grad():
+        windows = torch.from_numpy(val[starts[:, None] + np.arange(BLOCK + 1)].astype(np.int64))
+        return float(np.mean([model(w[:, :-1], w[:, 1:]).item() for w in windows.split(64)]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=2000)
@@ -90,15 +110,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(1337)
-    text = args.data.read_text()
-    chars = sorted(set(text))
-    stoi = {c: i for i, c in enumerate(chars)}
-    ids = np.fromiter((stoi[c] for c in text), dtype=np.uint16, count=len(text))
-    split = int(0.9 * len(ids))
     workdir = tempfile.TemporaryDirectory()  # removed at exit; a fixed name would collide between runs
     path = Path(workdir.name) / "train.bin"
-    ids[:split].tofile(path)
-    val = ids[split:]
+    val, vocab_size = write_char_data(args.data, path)
 
     def get_batch():
         data = np.memmap(path, dtype=np.uint16, mode="r")  # fresh memmap per batch, as nanoGPT
@@ -107,7 +121,7 @@ def main() -> None:
         y = torch.stack([torch.from_numpy(data[i + 1 : i + 1 + BLOCK].astype(np.int64)) for i in ix])
         return x, y
 
-    model = ReferenceGPT(len(chars))
+    model = ReferenceGPT(vocab_size)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
@@ -135,11 +149,7 @@ def main() -> None:
         loss.item()
         times.append(time.perf_counter() - t0)
     wall = time.perf_counter() - start
-    model.eval()
-    starts = np.linspace(0, len(val) - BLOCK - 1, args.eval_windows).round().astype(np.int64)
-    with torch.no_grad():
-        windows = torch.from_numpy(val[starts[:, None] + np.arange(BLOCK + 1)].astype(np.int64))
-        val_loss = float(np.mean([model(w[:, :-1], w[:, 1:]).item() for w in windows.split(64)]))
+    val_loss = validation_loss(model, val, args.eval_windows)
     step_s = statistics.median(times[10:] or times)
     print(
         json.dumps(

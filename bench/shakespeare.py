@@ -61,7 +61,7 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="nanogpt-char")
     parser.add_argument("--steps", type=int, default=0, help="override the preset's max_steps")
@@ -83,11 +83,11 @@ def main() -> None:
         help="override a preset value, e.g. --set train.learning_rate=0.004 --set model.n_layer=6",
     )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    torch.set_num_threads(args.threads)
-    preset = get_preset(args.preset)
-    train_ids, val_ids, vocab_size = load_char_data(args.data)
+
+def preset_values(args: argparse.Namespace, preset: dict, vocab_size: int) -> tuple[dict, dict]:
+    """The preset's model and train values with the command line's changes."""
     model_values = {**preset["model"], "vocab_size": vocab_size}
     train_values = dict(preset["train"])
     if args.gpt2_small:
@@ -102,16 +102,20 @@ def main() -> None:
         if section not in ("model", "train") or not name:
             raise ValueError(f"--set takes model.KEY=VALUE or train.KEY=VALUE, got {item!r}")
         (model_values if section == "model" else train_values)[name] = parse_value(value)
-    # Under torchrun the preset's batch stays the global batch: each rank takes its share.
-    rank, world_size, device = setup_distributed(args.device)  # device: this rank's GPU under torchrun
+    return model_values, train_values
+
+
+def bench_config(args: argparse.Namespace, train_values: dict, world_size: int, device) -> TrainConfig:
+    """The run's TrainConfig: under torchrun the preset's batch stays the global batch (each rank
+    takes its share), and the peak for MFU is measured on this device."""
     if train_values["batch_size"] % world_size:
         raise ValueError(f"train.batch_size={train_values['batch_size']} does not split over {world_size} ranks")
-    train_values["batch_size"] //= world_size
     eval_interval = args.eval_interval or train_values["max_steps"]
     config = config_from_dict(
         TrainConfig,
         {
             **train_values,
+            "batch_size": train_values["batch_size"] // world_size,
             "eval_interval": eval_interval,
             "checkpoint_interval": 10**9,
             "log_interval": min(10, eval_interval),  # a log before the first evaluation, which can stop the run
@@ -123,7 +127,17 @@ def main() -> None:
     )
     dtype = resolve_dtype(config.dtype, device)
     peak = measure_peak_flops(device, dtype, size=4096 if device.type == "cuda" else 2048, repeats=10)
-    config = dataclasses.replace(config, peak_flops=peak)
+    return dataclasses.replace(config, peak_flops=peak)
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    preset = get_preset(args.preset)
+    train_ids, val_ids, vocab_size = load_char_data(args.data)
+    model_values, train_values = preset_values(args, preset, vocab_size)
+    rank, world_size, device = setup_distributed(args.device)  # device: this rank's GPU under torchrun
+    config = bench_config(args, train_values, world_size, device)
     torch.manual_seed(1337)
     model = build_model(preset["arch"], build_model_config(preset["arch"], model_values))
     block_size, batch_size = model_values["block_size"], config.batch_size
@@ -153,12 +167,19 @@ def main() -> None:
         train(model, config, lambda g: get_batch(train_ids, batch_size, block_size, g), lm_loss, evaluate, log)
     except TargetReached:
         reached = True
+    if rank == 0:  # rank 0 reports
+        figures = report(args, preset, model, config, device, world_size, logs, evals, reached, start)
+        print(json.dumps(figures, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+def report(args, preset, model, config, device, world_size, logs, evals, reached, start) -> dict:
+    """The run's figures: medians over the logged steps (the first, with its warm-up, left out)."""
     wall = time.perf_counter() - start
-    if rank:
-        return  # rank 0 reports
-    step_ms = statistics.median(m["train/step_ms"] for m in logs[1:] or logs)
-    tokens_per_sec = statistics.median(m["train/tokens_per_sec"] for m in logs[1:] or logs)
-    figures = {
+    steady = logs[1:] or logs
+    dtype = resolve_dtype(config.dtype, device)
+    return {
         "preset": args.preset,
         "arch": preset["arch"],
         "params": model.num_params(),
@@ -168,10 +189,10 @@ def main() -> None:
         "ranks": world_size,
         "batch_threads": config.batch_threads,
         "steps": evals[-1][0] if evals else None,
-        "tokens_per_sec": round(tokens_per_sec),
-        "ms_per_step": round(step_ms, 2),
-        "mfu": round(statistics.median(m["train/mfu"] for m in logs[1:] or logs), 4),
-        "peak_gflops": round(peak / 1e9, 1),
+        "tokens_per_sec": round(statistics.median(m["train/tokens_per_sec"] for m in steady)),
+        "ms_per_step": round(statistics.median(m["train/step_ms"] for m in steady), 2),
+        "mfu": round(statistics.median(m["train/mfu"] for m in steady), 4),
+        "peak_gflops": round(config.peak_flops / 1e9, 1),
         "final_val_loss": round(evals[-1][1], 4) if evals else None,
         "wall_seconds": round(wall, 1),
         "target": args.target or None,
@@ -181,9 +202,6 @@ def main() -> None:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "peak_cuda_mb": round(torch.cuda.max_memory_allocated(device) / 2**20) if device.type == "cuda" else None,
     }
-    print(json.dumps(figures, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -132,16 +132,7 @@ def validate_tables(
 ) -> tuple[bool, list[Failure], dict[str, Any]]:
     """Validate each named table; returns (success, failures, the full results as a JSON-ready
     dict) and writes Data Docs."""
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    context.add_data_docs_site(
-        site_name="local",
-        site_config={
-            "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())},
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-        },
-    )
+    context = docs_context(docs_dir)
     batch = (
         context.data_sources.add_pandas("ingested")
         .add_dataframe_asset("table")
@@ -175,18 +166,33 @@ def validate_tables(
         outcome = checkpoint.run(batch_parameters={"dataframe": frame})
         results[name] = outcome.describe_dict()
         for validation in outcome.run_results.values():
-            for r in validation.results:
-                if not r.success:
-                    failures.append(
-                        Failure(
-                            suite=name,
-                            expectation=r.expectation_config.type,
-                            column=r.expectation_config.kwargs.get("column"),
-                            unexpected_count=r.result.get("unexpected_count"),
-                            element_count=r.result.get("element_count"),
-                            examples=list(r.result.get("partial_unexpected_list") or []),
-                            observed=r.result.get("observed_value"),
-                            locations=_locations(r.result),
-                        )
-                    )
+            failures.extend(failure_of(name, r) for r in validation.results if not r.success)
     return not failures, failures, results
+
+
+def docs_context(docs_dir: Path):
+    """An ephemeral Great Expectations context that writes its Data Docs into `docs_dir`."""
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    context.add_data_docs_site(
+        site_name="local",
+        site_config={
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        },
+    )
+    return context
+
+
+def failure_of(suite: str, r) -> Failure:
+    return Failure(
+        suite=suite,
+        expectation=r.expectation_config.type,
+        column=r.expectation_config.kwargs.get("column"),
+        unexpected_count=r.result.get("unexpected_count"),
+        element_count=r.result.get("element_count"),
+        examples=list(r.result.get("partial_unexpected_list") or []),
+        observed=r.result.get("observed_value"),
+        locations=_locations(r.result),
+    )

@@ -102,6 +102,17 @@ def lm_adapt(model: nn.Module, params: Params, stream: Path, max_len: int, log, 
     }
 
 
+def seeded_classifier(backbone: nn.Module, ft, num_classes: int, seed: int) -> SequenceClassifier:
+    """A classifier head on `backbone` whose init comes from `seed`, not from whatever earlier runs
+    left in the global generator: a resumed curve must train each point as an uninterrupted one."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SequenceClassifier(backbone, num_classes, ft.pooling, ft.classifier_dropout)
+    if ft.freeze_backbone:
+        model.freeze_backbone()
+    return model
+
+
 def train_classifier(
     backbone: nn.Module,
     params: Params,
@@ -127,13 +138,7 @@ def train_classifier(
     ft = params.finetune
     train_config = ft.train_for(params.tasks[task_name], task_name)
     seed = train_config.seed if seed is None else seed
-    # the head's init comes from the run's own seed, not from whatever earlier runs left in the
-    # global generator: a resumed curve must train each point exactly as an uninterrupted one
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = SequenceClassifier(backbone, num_classes, ft.pooling, ft.classifier_dropout)
-    if ft.freeze_backbone:
-        model.freeze_backbone()
+    model = seeded_classifier(backbone, params.finetune, num_classes, seed)
 
     def evaluate(m: nn.Module) -> dict[str, float]:
         predicted, _ = predict_classes(m, data.validation, pad_id, max_len, params.evaluate.batch_size)
