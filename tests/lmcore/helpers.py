@@ -3,8 +3,9 @@
 import numpy as np
 import torch
 
-from lmcore.data import LabeledExamples
+from lmcore.data import LabeledExamples, get_batch
 from lmcore.models import build_model, build_model_config
+from lmcore.train import TrainConfig, lm_loss, train
 
 VOCAB = 48
 TINY = {
@@ -52,3 +53,28 @@ def make_labeled(n=64, seed=0):
         ids.append(row)
         labels.append(label)
     return LabeledExamples(ids, labels)
+
+
+# The shared training setup of the train tests: a learnable stream and a short run.
+DATA = token_stream()
+BASE = TrainConfig(
+    max_steps=20,
+    batch_size=4,
+    learning_rate=3e-3,
+    min_lr=3e-4,
+    warmup_steps=3,
+    eval_interval=5,
+    checkpoint_interval=5,
+    log_interval=1,
+    peak_flops=1e9,
+)
+
+
+def lm_batches(generator):
+    return get_batch(DATA, 4, 16, generator)
+
+
+def run(model, config=BASE, **kwargs):
+    logs = []
+    result = train(model, config, lm_batches, lm_loss, log=lambda step, m: logs.append((step, m)), **kwargs)
+    return result, logs
