@@ -87,3 +87,39 @@ def test_shakespeare_bench_takes_a_bare_string_override(corpus):
     result = run_bench("shakespeare.py", "--data", str(corpus), "--steps", "1", "--set", "model.mlp=relu3")
     assert result.returncode != 0
     assert "config key 'model.mlp' must be one of ['gelu', 'swiglu', 'relu2'], got 'relu3'" in result.stderr
+
+
+def test_targets_read_a_summary_and_say_met_missed_or_unproven(tmp_path):
+    """A curve target needs its margin and an interval above 0; at one seed it cannot be proven."""
+
+    def point(labels, seed, model, accuracy):
+        return {"labels": labels, "seed": seed, "model": model, "accuracy": accuracy}
+
+    curve = [point(100, s, "finetuned", 0.80 + 0.01 * s) for s in range(3)]
+    curve += [point(100, s, "scratch", 0.60 + 0.01 * s) for s in range(3)]  # +0.20 every seed: met
+    curve += [point(100, s, "tfidf", 0.78 + 0.01 * s) for s in range(3)]  # +0.02: missed by 0.03
+    curve += [point(1000, 0, "finetuned", 0.9), point(1000, 0, "scratch", 0.7), point(1000, 0, "tfidf", 0.7)]
+    pair = {"diff": 0.01, "ci_low": -0.01, "ci_high": 0.03}
+    tasks = {t: {"finetuned": {"accuracy": a}} for t, a in (("sst2", 0.86), ("imdb", 0.90))}
+    summary = {
+        "curves": {"sst2": curve},
+        "tasks": tasks,
+        "paired": {t: {"scratch": pair, "tfidf": {**pair, "ci_low": 0.001}} for t in ("sst2", "imdb", "trec")},
+        "lm": {"imdb": {"bits_per_byte": 1.25}},
+    }
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(summary))
+    command = [sys.executable, str(ROOT / "bench/targets.py"), "--summary", str(path), "--json", "--noop-seconds", "4"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    verdicts = {row["target"]: row["verdict"] for row in json.loads(result.stdout)["targets"]}
+    assert verdicts["sst2 100 labels: finetuned - scratch >= +0.10, CI > 0"] == "met"
+    assert verdicts["sst2 100 labels: finetuned - tfidf >= +0.05, CI > 0"] == "missed by 0.030"
+    assert verdicts["sst2 1000 labels: finetuned - scratch >= +0.10, CI > 0"].startswith("unproven")
+    assert verdicts["imdb 100 labels: finetuned - scratch >= +0.10, CI > 0"] == "missing"
+    assert verdicts["finetuned beats TF-IDF (CI > 0) on >= 4 of 5 tasks"] == "missed by 1 task(s)"
+    assert verdicts["sst2 finetuned test accuracy >= 0.85"] == "met"
+    assert verdicts["imdb finetuned test accuracy >= 0.91"] == "missed by 0.010"
+    assert verdicts["LM bits/byte on held-out IMDb <= 1.3"] == "met"
+    assert verdicts["no-op dvc repro <= 3 s"] == "missed by 1s"
+    assert verdicts["default dvc repro from nothing <= 20 min"] == "not measured here"
