@@ -12,39 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.params import read_yaml
-
-ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("lmcore", "pipelines")
-
-
-def module_file(name: str) -> Path | None:
-    """The repository file of a dotted module name, or None outside the repository."""
-    if name.split(".")[0] not in PACKAGES:
-        return None
-    base = ROOT.joinpath(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def imported_modules(path: Path) -> set[str]:
-    """Dotted names a module imports (a `from x import y` may import the submodule x.y)."""
-    package = ".".join(path.relative_to(ROOT).with_suffix("").parts)
-    if path.name != "__init__.py":
-        package = package.rpartition(".")[0]
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*parent, *([base] if base else [])])
-            names.add(base)
-            names.update(f"{base}.{alias.name}" for alias in node.names)
-    return names
+from tests.imports import PACKAGES, ROOT, imported_modules, module_file
 
 
 def import_closure(module: str) -> set[Path]:
