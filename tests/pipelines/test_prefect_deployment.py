@@ -5,45 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from tests.pipelines.conftest import ROOT, make_project, project_env
+from tests.pipelines.servers import free_port, start, stop, wait_until_up
 
 pytestmark = pytest.mark.e2e
 DEPLOYMENT = "lmcore-pipeline/nightly"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(cmd: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        cmd, env=env, cwd=cwd, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -67,17 +40,7 @@ def deployed(tmp_path_factory):
     )
     worker = None
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError(
-                        f"Prefect server did not start:\n{(base / 'server.log').read_text()[-3000:]}"
-                    ) from None
-                time.sleep(1)
+        wait_until_up(f"http://127.0.0.1:{port}/api/health", server, base / "server.log")
 
         def cli(*args: str) -> subprocess.CompletedProcess:
             return subprocess.run([*prefect, *args], env=env, cwd=project, capture_output=True, text=True, timeout=900)
