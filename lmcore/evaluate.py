@@ -86,12 +86,20 @@ def evaluate_lm(
 
 @torch.no_grad()
 def predict_classes(
-    model: nn.Module, examples: LabeledExamples, pad_id: int, max_len: int, batch_size: int = 64
+    model: nn.Module,
+    examples: LabeledExamples,
+    pad_id: int,
+    max_len: int,
+    batch_size: int = 64,
+    temperature: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted labels (N,), class probabilities (N, K)) in example order.
+    """(predicted labels (N,), class probabilities (N, K)) in example order; the probabilities are
+    softmax(logits / temperature) (a fitted temperature calibrates them, see fit_temperature).
 
     Batches hold texts of similar length (sorted), so little compute goes to padding.
     """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     if len(examples) == 0:
         raise ValueError("predict_classes got no examples")
     device = next(model.parameters()).device
@@ -103,7 +111,8 @@ def predict_classes(
             continue
         rows = order[start : start + batch_size]
         idx, lengths, _ = pad_batch(examples, rows, pad_id, max_len)
-        probs = F.softmax(model(idx.to(device), lengths.to(device)).float(), dim=-1).cpu().numpy()  # (B, K)
+        logits = model(idx.to(device), lengths.to(device)).float() / temperature  # (B, K)
+        probs = F.softmax(logits, dim=-1).cpu().numpy()
         if p is None:
             p = np.zeros((len(examples), probs.shape[1]), dtype=np.float64)
         p[rows] = probs
@@ -112,6 +121,45 @@ def predict_classes(
         num_classes = int(_reduce_over_ranks(np.array([0 if p is None else p.shape[1]]), device, "max")[0])
         p = _reduce_over_ranks(np.zeros((len(examples), num_classes)) if p is None else p, device)
     return p.argmax(-1), p.astype(np.float32)
+
+
+def calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error (Guo et al. 2017): over equal-width bins of the top class's
+    probability, |accuracy - mean probability|, weighted by the share of examples in the bin."""
+    confidence, correct = probs.max(1), probs.argmax(1) == np.asarray(labels)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)  # (N,) bin of each example
+    error = 0.0
+    for b in np.unique(which):
+        in_bin = which == b
+        error += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(error)
+
+
+def with_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log(probs) / temperature): the same as dividing the logits (log-probabilities differ
+    from the logits by a constant per row)."""
+    log_p = np.log(np.clip(probs.astype(np.float64), 1e-30, None)) / temperature
+    log_p -= log_p.max(1, keepdims=True)
+    scaled = np.exp(log_p)
+    return (scaled / scaled.sum(1, keepdims=True)).astype(np.float32)
+
+
+def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature scaling (Guo et al. 2017): the one T > 0 minimizing the negative log-likelihood
+    of `labels` under with_temperature(probs, T), fitted by L-BFGS on log T (deterministic)."""
+    log_p = torch.log(torch.as_tensor(probs, dtype=torch.float64).clamp_min(1e-30))  # (N, K)
+    targets = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(log_p / log_t.exp(), targets)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.detach().exp())
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict:

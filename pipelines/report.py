@@ -2,7 +2,8 @@
 
 summary.json:
 - `tasks.<task>.<model>`: {accuracy, macro_f1, ci_low, ci_high} for finetuned, scratch, tfidf
-  and majority on the task's test split; `tasks_mean.<model>`: the mean accuracy over tasks
+  and majority on the task's test split, and for finetuned and scratch {ece, ece_calibrated}
+  (before and after the temperature fitted on validation); `tasks_mean.<model>`: the mean accuracy
 - `paired.<task>.<baseline>`: {diff, ci_low, ci_high}: finetuned minus the baseline, paired bootstrap
 - `curves.<task>`: [{labels, seed, model, accuracy}], the label-budget curve
 - `generalization.<task>.<test_set>`: {accuracy, ci_low, ci_high} of the task's finetuned classifier
@@ -21,12 +22,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 MODELS = ("finetuned", "scratch", "tfidf", "majority")
-SCORE_KEYS = ("accuracy", "macro_f1", "ci_low", "ci_high")
+SCORE_KEYS = ("accuracy", "macro_f1", "ci_low", "ci_high", "ece", "ece_calibrated")  # ece: neural models only
 
 
 def build_summary(results: dict[str, dict], lm: dict[str, dict]) -> dict:
     tasks = {
-        name: {m: {k: r["test"][m][k] for k in SCORE_KEYS} for m in MODELS if m in r["test"]}
+        name: {m: {k: r["test"][m][k] for k in SCORE_KEYS if k in r["test"][m]} for m in MODELS if m in r["test"]}
         for name, r in results.items()
     }
     summary = {
@@ -146,6 +147,17 @@ def generalization_lines(summary: dict) -> list[str]:
     return lines
 
 
+def calibration_lines(summary: dict) -> list[str]:
+    rows = [(n, m, e) for n, scores in summary["tasks"].items() for m, e in scores.items() if "ece" in e]
+    if not rows:
+        return []
+    lines = ["## Calibration: expected calibration error on the test split (15 bins)", ""]
+    lines += ["The served classifiers divide their logits by the temperature fitted on the validation split.", ""]
+    lines += ["| task | model | ECE | ECE after temperature scaling |", "| --- | --- | --- | --- |"]
+    lines += [f"| {n} | {m} | {e['ece']:.3f} | {e['ece_calibrated']:.3f} |" for n, m, e in rows]
+    return lines
+
+
 def curve_lines(name: str, result: dict) -> list[str]:
     bands = curve_bands(result["curve"], test_size(result))
     lines = [f"## Label-budget curve: {name} (mean over seeds, 95% band)", ""]
@@ -182,7 +194,7 @@ def data_lines(data_counts: dict) -> list[str]:
 def render_report(
     summary: dict, results: dict[str, dict], data_counts: dict, plots: list[str], samples: list[str]
 ) -> str:
-    sections = [generality_lines(summary), generalization_lines(summary)]
+    sections = [generality_lines(summary), generalization_lines(summary), calibration_lines(summary)]
     sections += [curve_lines(name, r) for name, r in results.items() if r["curve"]]
     sections += [lm_lines(summary), data_lines(data_counts), ["## Plots", ""] + [f"![{p}](plots/{p})" for p in plots]]
     sections.append(["## Samples from the pretrained model", "", "```", *samples, "```"])

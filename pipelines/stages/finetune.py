@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from lmcore.checkpoint import export_model, load_model
-from lmcore.evaluate import predict_classes
+from lmcore.evaluate import calibration_error, fit_temperature, predict_classes, with_temperature
 from lmcore.models import build_model, build_model_config
 from lmcore.tokenizer import load_tokenizer
 from pipelines import tracking
@@ -66,12 +66,26 @@ def write_curve_tsv(path, points: list[dict]) -> None:
         writer.writerows(sorted(points, key=lambda p: (p["model"], p["labels"], p["seed"])))
 
 
+def calibration(model, data: TaskData, test_probs: np.ndarray, pad: int, max_len: int, batch: int) -> dict:
+    """The temperature fitted on the validation split, and the test split's expected calibration
+    error before and after it."""
+    validation_probs = predict_classes(model, data.validation, pad, max_len, batch)[1]
+    temperature = fit_temperature(validation_probs, np.asarray(data.validation.labels))
+    y_true = np.asarray(data.test.labels)
+    return {
+        "temperature": temperature,
+        "ece": calibration_error(test_probs, y_true),
+        "ece_calibrated": calibration_error(with_temperature(test_probs, temperature), y_true),
+    }
+
+
 def score_task(name: str, params: Params, data: TaskData, models: dict, pad: int, training: dict) -> dict:
     """Every model and baseline on the test split; the finetuned classifier on the test sets."""
     task, ft = params.tasks[name], params.finetune
     num_classes, samples, batch = len(task.labels), params.evaluate.bootstrap_samples, params.evaluate.batch_size
     y_true, train_labels = np.asarray(data.test.labels), np.asarray(data.train.labels)
-    predictions = {m: predict_classes(model, data.test, pad, task.max_len, batch)[0] for m, model in models.items()}
+    scored = {m: predict_classes(model, data.test, pad, task.max_len, batch) for m, model in models.items()}
+    predictions = {m: predicted for m, (predicted, _) in scored.items()}
     if ft.tfidf_baseline:
         start = time.perf_counter()
         predictions["tfidf"] = tfidf_predictions(data.texts["train"], train_labels, data.texts["test"])
@@ -84,6 +98,8 @@ def score_task(name: str, params: Params, data: TaskData, models: dict, pad: int
             "finetuned"
         ]
     test = score(y_true, predictions, num_classes, samples)
+    for m, model in models.items():
+        test[m].update(calibration(model, data, scored[m][1], pad, task.max_len, batch))
     return {
         "task": name,
         "label_names": task.label_names,
@@ -145,10 +161,11 @@ def main() -> None:
             extra = {"tokenizer_sha256": tokenizer.sha256(), "max_len": task.max_len, "label_names": task.label_names}
             extra.update(eot_token=tokenizer.eot_token, pad_token=tokenizer.pad_token)
             for model_name, model in models.items():
-                export_model(out / "models" / model_name, model, arch, model_values, tokenizer_path, extra=extra)
+                served = {**extra, "temperature": results["test"][model_name]["temperature"]}  # calibrated
+                export_model(out / "models" / model_name, model, arch, model_values, tokenizer_path, extra=served)
         json_dump(out / "results.json", results)
-        keys = ("accuracy", "macro_f1", "ci_low", "ci_high")
-        metrics = {**trained, "test": {m: {k: r[k] for k in keys} for m, r in results["test"].items()}}
+        keys = ("accuracy", "macro_f1", "ci_low", "ci_high", "ece", "ece_calibrated")
+        metrics = {**trained, "test": {m: {k: r[k] for k in keys if k in r} for m, r in results["test"].items()}}
         metrics["generalization"] = {o: {"accuracy": r["accuracy"]} for o, r in results["generalization"].items()}
         json_dump(out / "metrics.json", metrics)
         write_curve_tsv(out / "curve.tsv", results["curve"])

@@ -74,8 +74,9 @@ class LmcoreModel(PythonModel):
             examples = LabeledExamples(self.tokenizer.encode_batch(texts), [0] * len(texts))
             with torch.no_grad():
                 predicted, probs = predict_classes(
-                    self.model, examples, self.tokenizer.pad_id, self.config.get("max_len", 128)
-                )
+                    self.model, examples, self.tokenizer.pad_id, self.config.get("max_len", 128),
+                    temperature=self.config.get("temperature", 1.0),  # fitted on validation: calibrated
+                )  # fmt: skip
             names = self.config.get("label_names") or [str(i) for i in range(probs.shape[1])]
             return pd.DataFrame({"label": [names[i] for i in predicted], "probability": probs.max(1)})
         settings = sampling_settings(params, GENERATION_DEFAULTS)

@@ -55,7 +55,8 @@ def test_summary_json_has_its_documented_schema(tiny_project):
     for task in TASKS:
         for model in ("finetuned", "scratch", "tfidf", "majority"):
             entry = summary["tasks"][task][model]
-            assert set(entry) == {"accuracy", "macro_f1", "ci_low", "ci_high"}
+            calibrated = {"ece", "ece_calibrated"} if model in ("finetuned", "scratch") else set()
+            assert set(entry) == {"accuracy", "macro_f1", "ci_low", "ci_high"} | calibrated
             assert entry["ci_low"] <= entry["accuracy"] <= entry["ci_high"]
         assert set(summary["paired"][task]) == {"scratch", "tfidf", "majority"}
     majority = summary["tasks"]["sst2"]["majority"]["accuracy"]
@@ -115,6 +116,10 @@ def test_registered_models_load_and_predict(tiny_project):
     predicted = classifier.predict(pd.DataFrame({"text": ["a fine film .", "boring ."]}))
     assert set(predicted["label"]) <= {"negative", "positive"} and len(predicted) == 2
     assert classifier.predict(pd.DataFrame({"text": pd.Series([], dtype=str)})).empty
+    # the served probabilities are the calibrated ones: the temperature fitted on validation
+    temperature = strict_json(tiny_project / "outputs/finetune/sst2/results.json")["test"]["finetuned"]["temperature"]
+    config = strict_json(tiny_project / "outputs/finetune/sst2/models/finetuned/config.json")
+    assert config["temperature"] == temperature and temperature > 0
     trec = mlflow.pyfunc.load_model("models:/lmcore-classifier-trec/1")
     assert set(trec.predict(pd.DataFrame({"text": ["Who wrote Hamlet ?"]}))["label"]) <= {
         "abbreviation", "description", "entity", "human", "location", "number"
