@@ -7,14 +7,15 @@ import json
 import warnings
 
 TASKS = ["sst2", "trec"]  # the tiny project's (tests/pipelines/conftest.py)
-STAGES = [
-    "ingest",
-    "validate",
-    "tokenizer",
-    "pretrain",
-    *(f"{s}@{t}" for s in ("prepare", "finetune") for t in TASKS),
-    "evaluate",
-]
+
+
+def stage_names(tasks: list[str]) -> list[str]:
+    """The stages of dvc.yaml for these tasks, in the order DVC runs them."""
+    per_task = [f"{stage}@{task}" for stage in ("prepare", "finetune") for task in tasks]
+    return ["ingest", "validate", "tokenizer", "pretrain", *per_task, "evaluate"]
+
+
+STAGES = stage_names(TASKS)
 
 
 def mlflow_client(project):

@@ -21,18 +21,11 @@ from pipelines.dvc_runner import (
     stages_from,
 )
 from pipelines.flow import checkout_lock, is_transient, metrics_markdown, run_stage_task
+from tests.pipelines.e2e_helpers import stage_names
 
 ROOT = Path(__file__).resolve().parents[2]
 TASKS = ["sst2", "imdb", "trec", "sms_spam", "subj"]
-STAGES = [
-    "ingest",
-    "validate",
-    "tokenizer",
-    "pretrain",
-    *(f"prepare@{task}" for task in TASKS),
-    *(f"finetune@{task}" for task in TASKS),
-    "evaluate",
-]
+STAGES = stage_names(TASKS)
 
 
 def test_stage_order_is_read_from_dvc_yaml():
