@@ -47,8 +47,10 @@ def main() -> None:
     group = latest_evaluate.data.tags["pipeline_group"]
     stages: dict[str, object] = {}
     for run in runs:
-        if run.data.tags.get("pipeline_group") == group and run.info.status == "FINISHED":
-            stages.setdefault(run.data.tags["stage"], run)
+        tags = run.data.tags
+        # one run per stage and task; a curve point's run is a child of its finetune run, whose clock holds it
+        if tags.get("pipeline_group") == group and run.info.status == "FINISHED" and tags["stage"] != "curve":
+            stages.setdefault(f"{tags['stage']}@{tags['task']}" if tags.get("task") else tags["stage"], run)
     rows = {}
     for name, run in sorted(stages.items(), key=lambda item: item[1].info.start_time):
         metrics = run.data.metrics
