@@ -165,8 +165,10 @@ class LabeledExamples:
 def pad_batch(
     examples: LabeledExamples, indices: Sequence[int], pad_id: int, max_len: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids (B, T), lengths (B,), labels (B,). Texts are cut to `max_len` tokens."""
-    rows = [examples.ids[i][:max_len] or [pad_id] for i in indices]
+    """Right-padded ids (B, T), lengths (B,), labels (B,). A text longer than `max_len` keeps its
+    last `max_len` tokens, as the task data is prepared (a review ends with its verdict), so that
+    a served text is cut as the training texts were."""
+    rows = [examples.ids[i][-max_len:] or [pad_id] for i in indices]
     width = max(len(r) for r in rows)
     idx = torch.full((len(rows), width), pad_id, dtype=torch.long)
     for b, row in enumerate(rows):

@@ -51,14 +51,15 @@ def test_eval_windows_are_fixed_and_cover_the_stream():
 def test_padded_batches():
     examples = LabeledExamples(ids=[[1, 2, 3], [4], [5, 6, 7, 8, 9]], labels=[0, 1, 1])
     idx, lengths, labels = pad_batch(examples, [0, 1, 2], pad_id=0, max_len=4)
-    assert idx.tolist() == [[1, 2, 3, 0], [4, 0, 0, 0], [5, 6, 7, 8]]
+    assert idx.tolist() == [[1, 2, 3, 0], [4, 0, 0, 0], [6, 7, 8, 9]]  # the last max_len tokens
     assert lengths.tolist() == [3, 1, 4] and labels.tolist() == [0, 1, 1]
 
 
 def test_length_buckets_cut_padding_but_keep_uniform_sampling():
     lengths = np.random.default_rng(0).integers(1, 60, size=400)
-    # The first token of each text is its example number, so a batch tells which examples it drew.
-    examples = LabeledExamples(ids=[[i] + [500] * (n - 1) for i, n in enumerate(lengths)], labels=[0] * 400)
+    # The last token of each text (kept when a long text is cut) is its example number, so a batch
+    # tells which examples it drew.
+    examples = LabeledExamples(ids=[[500] * (n - 1) + [i] for i, n in enumerate(lengths)], labels=[0] * 400)
     sampler = LengthBucketSampler(examples, pad_id=0, max_len=48, num_buckets=8)
     idx, lens, _ = sampler(16, torch.Generator().manual_seed(3))
     assert torch.equal(idx, sampler(16, torch.Generator().manual_seed(3))[0])
@@ -68,7 +69,7 @@ def test_length_buckets_cut_padding_but_keep_uniform_sampling():
     for _ in range(2000):
         idx, lens, _ = sampler(20, g)
         assert int(lens.max() - lens.min()) <= 12  # about an eighth of the length range
-        np.add.at(counts, idx[:, 0].numpy(), 1)
+        np.add.at(counts, idx[torch.arange(len(lens)), lens - 1].numpy(), 1)
     assert counts.sum() == 40_000 and counts.min() > 50 and counts.max() < 160  # 100 each on average
     with pytest.raises(ValueError, match="num_buckets"):
         LengthBucketSampler(examples, 0, 48, 0)
