@@ -101,6 +101,14 @@ def validation_loss(model: nn.Module, val: np.ndarray, num_windows: int) -> floa
         return float(np.mean([model(w[:, :-1], w[:, 1:]).item() for w in windows.split(64)]))
 
 
+def lr_at(step: int) -> float:
+    """nanoGPT's shakespeare-char schedule: 100 warmup steps, cosine from 1e-3 to 1e-4 by step 2000."""
+    if step < 100:
+        return 1e-3 * (step + 1) / 101
+    ratio = (step - 100) / (2000 - 100)
+    return 1e-4 + 0.5 * (1 + math.cos(math.pi * min(ratio, 1.0))) * (1e-3 - 1e-4)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=2000)
@@ -127,12 +135,6 @@ def main() -> None:
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.99)
     )
-
-    def lr_at(step: int) -> float:
-        if step < 100:
-            return 1e-3 * (step + 1) / 101
-        ratio = (step - 100) / (2000 - 100)
-        return 1e-4 + 0.5 * (1 + math.cos(math.pi * min(ratio, 1.0))) * (1e-3 - 1e-4)
 
     times = []
     start = time.perf_counter()
