@@ -2,6 +2,8 @@
 
 python -m lmcore generate --model DIR --prompt TEXT     # sample text
 python -m lmcore evaluate --model DIR --text FILE       # loss, perplexity, bits per byte as JSON
+python -m lmcore export-hf --model DIR --out HF_DIR     # a folder transformers opens (lmcore/hf.py)
+python -m lmcore import-hf --model HF_DIR --out DIR     # and back, to generate, evaluate or finetune
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from lmcore.checkpoint import load_folder_tokenizer, load_model
 from lmcore.evaluate import evaluate_lm
 from lmcore.generate import GENERATION_DEFAULTS, generate
+from lmcore.hf import export_hf, import_hf
 from lmcore.models import SequenceClassifier
 from lmcore.runtime import resolve_device
 from lmcore.tokenizer import TextTokenizer
@@ -87,6 +90,14 @@ def run_evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     sys.stdout.write(json.dumps(report, indent=2) + "\n")
 
 
+def run_convert(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    convert = export_hf if args.command == "export-hf" else import_hf
+    try:
+        sys.stdout.write(f"{convert(args.model, args.out)}\n")
+    except ValueError as error:
+        parser.error(str(error))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lmcore")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -114,8 +125,17 @@ def main(argv: list[str] | None = None) -> int:
     score.add_argument("--batch-size", type=int, default=32)
     score.add_argument("--device", type=device_argument, default="cpu", help=device_help)
 
+    for name, what, source in (
+        ("export-hf", "a Hugging Face folder (transformers opens it) of an exported model", model_help),
+        ("import-hf", "an exported model folder of a Hugging Face folder that export-hf wrote", "Hugging Face folder"),
+    ):
+        convert = commands.add_parser(name, help=f"write {what}")
+        convert.add_argument("--model", required=True, type=Path, help=source)
+        convert.add_argument("--out", required=True, type=Path, help="folder to write (replaced as a whole)")
+
     args = parser.parse_args(argv)
-    (run_generate if args.command == "generate" else run_evaluate)(parser, args)
+    run = {"generate": run_generate, "evaluate": run_evaluate}.get(args.command, run_convert)
+    run(parser, args)
     return 0
 
 

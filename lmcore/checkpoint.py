@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -89,20 +91,32 @@ def export_model(
                 f"{tokenizer_path} is not the tokenizer the model was trained with"
                 f" (extra tokenizer_sha256={extra['tokenizer_sha256'][:12]}..., the file's is {sha256[:12]}...)"
             )
+    model = getattr(model, "_orig_mod", model)  # the uncompiled module's state
+    with folder_swap(directory) as tmp:
+        safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
+        config: dict[str, Any] = {"arch": arch, "model": model_config, **extra}
+        if isinstance(model, SequenceClassifier):
+            config["classifier"] = {"num_classes": model.head.out_features, "pooling": model.pooling}
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        if tokenizer_path is not None:
+            shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+    return directory
+
+
+@contextmanager
+def folder_swap(directory: Path) -> Iterator[Path]:
+    """A fresh sibling temp folder to write into; it replaces `directory` as a whole once the block
+    ends without an error (an error leaves `directory` as it was)."""
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model = getattr(model, "_orig_mod", model)  # the uncompiled module's state
-    safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
-    config: dict[str, Any] = {"arch": arch, "model": model_config, **extra}
-    if isinstance(model, SequenceClassifier):
-        config["classifier"] = {"num_classes": model.head.out_features, "pooling": model.pooling}
-    (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    if tokenizer_path is not None:
-        shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(directory, ignore_errors=True)
     os.replace(tmp, directory)
-    return directory
 
 
 def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:

@@ -1,12 +1,21 @@
 """Test-wide settings: CPU only, one torch thread (a 2-thread step is 5x slower next to a busy process)."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # The suite runs on CPU, as in CI, so its exact-equality checks hold on a GPU machine too.
 # LMCORE_TEST_CUDA=1 (bench/gpu.sh) leaves the GPU visible for tests/lmcore/test_cuda.py.
 if os.environ.get("LMCORE_TEST_CUDA") != "1":
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
+# Hugging Face libraries (transformers, datasets, lm-eval) offline, with their caches (remote code,
+# datasets) in a folder of this run rather than the user's home.
+os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+if "HF_HOME" not in os.environ:
+    os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="lmcore-tests-hf-")
+    atexit.register(shutil.rmtree, os.environ["HF_HOME"], True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -142,12 +142,17 @@ class ReLUSquared(torch.autograd.Function):
         return (r + r).mul_(grad)
 
 
+def mlp_width(config: GPTConfig) -> int:
+    """The MLP's hidden width H. SwiGLU has three matrices; 8/3 C keeps its parameter count equal
+    to a 4C two-matrix MLP."""
+    return int(8 * config.n_embd / 3) if config.mlp == "swiglu" else 4 * config.n_embd
+
+
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.kind = config.mlp
-        # SwiGLU has three matrices; 8/3 C keeps its parameter count equal to a 4C two-matrix MLP.
-        hidden = int(8 * config.n_embd / 3) if config.mlp == "swiglu" else 4 * config.n_embd
+        hidden = mlp_width(config)
         self.up = nn.Linear(config.n_embd, hidden * (2 if config.mlp == "swiglu" else 1), bias=config.bias)
         self.down = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)

@@ -1,5 +1,11 @@
 """Tiny models and data shared by the lmcore tests (2 layers, 32 wide)."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -78,3 +84,22 @@ def run(model, config=BASE, **kwargs):
     logs = []
     result = train(model, config, lm_batches, lm_loss, log=lambda step, m: logs.append((step, m)), **kwargs)
     return result, logs
+
+
+def open_in_transformers(cases: list[dict], workdir: Path) -> list[dict]:
+    """What `transformers` alone makes of exported folders (tests/lmcore/hf_check.py, run in a fresh
+    interpreter that refuses to import lmcore), one result per case."""
+    (workdir / "cases.json").write_text(json.dumps(cases))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(workdir / "modules"), "PYTHONPATH": ""}
+    check = Path(__file__).with_name("hf_check.py")
+    done = subprocess.run(
+        [sys.executable, "-I", str(check), str(workdir / "cases.json")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["lmcore_modules"] == []  # the folders carried everything they needed
+    return report["results"]

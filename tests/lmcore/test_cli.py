@@ -4,9 +4,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from lmcore.__main__ import main
-from lmcore.checkpoint import export_model
+from lmcore.checkpoint import export_model, load_model
 from lmcore.evaluate import evaluate_lm
 from lmcore.tokenizer import TokenizerConfig, train_tokenizer
 from tests.lmcore.helpers import TINY, tiny_model
@@ -84,3 +85,16 @@ def test_a_folder_with_its_own_special_tokens_loads_them_from_its_config(tmp_pat
     export_model(tmp_path / "model", model, "lstm", model_config, tmp_path / "tokenizer.json", extra=extra)
     main(["generate", "--model", str(tmp_path / "model"), "--prompt", "the", "--max-new-tokens", "5"])
     assert capsys.readouterr().out.startswith("the")
+
+
+def test_export_hf_then_import_hf_gives_back_the_same_model(tmp_path, model_dir, capsys):
+    directory, model, _ = model_dir
+    main(["export-hf", "--model", str(directory), "--out", str(tmp_path / "hf")])
+    main(["import-hf", "--model", str(tmp_path / "hf"), "--out", str(tmp_path / "back")])
+    assert capsys.readouterr().out.split() == [str(tmp_path / "hf"), str(tmp_path / "back")]
+    back, _ = load_model(tmp_path / "back")
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(SystemExit) as exit_info:
+        main(["import-hf", "--model", str(directory), "--out", str(tmp_path / "again")])  # an lmcore folder
+    assert exit_info.value.code == 2
+    assert "model_type None is neither lmcore nor llama (it is an lmcore folder already)" in capsys.readouterr().err

@@ -1,0 +1,97 @@
+"""`transformers` classes around an exported lmcore model (shipped in the folder; see lmcore/hf.py).
+
+The model is lmcore's own module (its files are copied beside this one with relative imports), so
+the exported weights run the code they were trained with. Without a KV cache in the `transformers`
+sense, generation reads the whole prefix each step (a GPT's cut to its context); inputs are
+right-padded, as lmcore trains them.
+"""
+
+import torch
+import torch.nn.functional as F
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutput, SequenceClassifierOutput
+
+from .configuration_lmcore import LmcoreConfig
+from .lmcore_gpt import GPT, rotary_table
+from .lmcore_models import SequenceClassifier, build_model, build_model_config
+
+
+def build_language_model(config: LmcoreConfig) -> torch.nn.Module:
+    arch = config.lmcore["arch"]
+    return build_model(arch, build_model_config(arch, config.lmcore["model"]))
+
+
+def lengths_of_right_padded(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Each row's real length (B,); a mask that is not ones-then-zeros is a ValueError."""
+    if attention_mask is None:
+        return torch.full((input_ids.size(0),), input_ids.size(1), dtype=torch.long, device=input_ids.device)
+    lengths = attention_mask.sum(1)
+    positions = torch.arange(input_ids.size(1), device=input_ids.device)
+    if not torch.equal(attention_mask.bool(), positions[None, :] < lengths[:, None]):
+        raise ValueError("lmcore models take right-padded inputs: set tokenizer.padding_side = 'right'")
+    return lengths
+
+
+class LmcorePreTrainedModel(PreTrainedModel):
+    config_class = LmcoreConfig
+    base_model_prefix = "lmcore"
+
+    @torch.no_grad()
+    def _init_weights(self, module: torch.nn.Module) -> None:
+        """lmcore's modules initialise their own weights and model.safetensors holds every one; what
+        loading leaves empty is a GPT's rotary table, a buffer that is computed, not saved."""
+        if isinstance(module, GPT) and module.wpe is None:
+            c = module.config
+            module.rotation.copy_(rotary_table(c.n_embd // c.n_head, c.block_size, c.rope_base))
+
+
+class LmcoreForCausalLM(LmcorePreTrainedModel, GenerationMixin):
+    def __init__(self, config: LmcoreConfig) -> None:
+        super().__init__(config)
+        self.lmcore = build_language_model(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.lmcore.wte
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # the state stays inside lmcore's module; generate() passes the whole prefix
+
+    def forward(self, input_ids, attention_mask=None, labels=None, **unused) -> CausalLMOutput:
+        lengths_of_right_padded(input_ids, attention_mask)  # a causal model ignores right padding
+        logits = self.lmcore(input_ids)  # (B, T, V)
+        loss = None
+        if labels is not None:
+            targets = (
+                labels[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
+                if attention_mask is not None
+                else labels[:, 1:]
+            )
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        return CausalLMOutput(loss=loss, logits=logits)
+
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **unused) -> dict:
+        context = self.lmcore.context_length
+        if context is not None and input_ids.size(1) > context:
+            input_ids = input_ids[:, -context:]
+            attention_mask = None if attention_mask is None else attention_mask[:, -context:]
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+class LmcoreForSequenceClassification(LmcorePreTrainedModel):
+    def __init__(self, config: LmcoreConfig) -> None:
+        super().__init__(config)
+        head = config.lmcore["classifier"]
+        self.lmcore = SequenceClassifier(build_language_model(config), head["num_classes"], head["pooling"])
+        # The temperature fitted on validation: softmax(logits) are calibrated probabilities.
+        self.temperature = float(config.lmcore.get("temperature", 1.0))
+        self.post_init()
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.lmcore.backbone.wte
+
+    def forward(self, input_ids, attention_mask=None, labels=None, **unused) -> SequenceClassifierOutput:
+        logits = self.lmcore(input_ids, lengths_of_right_padded(input_ids, attention_mask)) / self.temperature
+        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
