@@ -12,7 +12,7 @@ TASKS = ["sst2", "trec"]  # the tiny project's (tests/pipelines/conftest.py)
 def stage_names(tasks: list[str]) -> list[str]:
     """The stages of dvc.yaml for these tasks, in the order DVC runs them."""
     per_task = [f"{stage}@{task}" for stage in ("prepare", "finetune") for task in tasks]
-    return ["ingest", "validate", "tokenizer", "pretrain", *per_task, "evaluate"]
+    return ["ingest", "validate", "tokenizer", "pretrain", *per_task, "export", "evaluate"]
 
 
 STAGES = stage_names(TASKS)

@@ -50,6 +50,8 @@ def logs_a_model(module: str) -> bool:
 
 def stage_inputs(module: str) -> set[Path]:
     files = import_closure(module)
+    if ROOT / "lmcore/hf.py" in files:  # Hugging Face export copies the modeling code it ships
+        files |= set((ROOT / "lmcore/hf_remote").glob("*.py"))
     if logs_a_model(module):
         files |= {p for p in (ROOT / "lmcore").rglob("*.py") if "__pycache__" not in p.parts}
         files.add(ROOT / "pipelines/tracking/pyfunc_model.py")

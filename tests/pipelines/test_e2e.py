@@ -9,8 +9,11 @@ import time
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
+from lmcore.checkpoint import load_folder_tokenizer, load_model
+from tests.lmcore.helpers import open_in_transformers
 from tests.pipelines.conftest import ROOT, dvc, project_env
 from tests.pipelines.e2e_helpers import STAGES, TASKS, mlflow_client, stage_runs, strict_json
 
@@ -127,6 +130,41 @@ def test_registered_models_load_and_predict(tiny_project):
     lm = mlflow.pyfunc.load_model("models:/lmcore-lm/1")
     generated = lm.predict(pd.DataFrame({"text": ["This movie"]}), params={"max_new_tokens": 5, "seed": 1})
     assert isinstance(generated["generated"][0], str)
+
+
+def test_the_export_folders_open_in_transformers_without_the_project(tiny_project, tmp_path):
+    listing = strict_json(tiny_project / "outputs/export/export.json")
+    assert set(listing) == {"lm", *TASKS} and {f["class"] for f in listing.values()} == {
+        "LmcoreForCausalLM", "LmcoreForSequenceClassification"
+    }  # fmt: skip
+    lm, config = load_model(tiny_project / "outputs/pretrain/model")
+    tokenizer = load_folder_tokenizer(tiny_project / "outputs/pretrain/model", config)
+    ids = tokenizer.encode("This movie was a fine one, and the cast")
+    classifier, classifier_config = load_model(tiny_project / "outputs/finetune/sst2/models/finetuned")
+    export = tiny_project / "outputs/export"
+    results = open_in_transformers(
+        [
+            {
+                "folder": str(export / "lm"),
+                "kind": "lm",
+                "texts": ["a film"],
+                "ids": ids,
+                "prompt": ids[:3],
+                "max_new_tokens": 5,
+            },
+            {"folder": str(export / "sst2"), "kind": "classifier", "texts": ["a fine film ."]},
+        ],
+        tmp_path,
+    )
+    with torch.no_grad():
+        logits = lm(torch.tensor([ids]))[0]
+        text = torch.tensor([tokenizer.encode("a fine film .")])
+        scores = classifier(text, torch.tensor([text.size(1)])) / classifier_config["temperature"]
+    assert (torch.tensor(results[0]["logits"]) - logits).abs().max() < 1e-4
+    assert (torch.tensor(results[1]["logits"]) - scores).abs().max() < 1e-4
+    _, client = mlflow_client(tiny_project)
+    run = stage_runs(tiny_project)["export"]
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "hf")} == {f"hf/{n}" for n in ("lm", *TASKS)}
 
 
 def test_nothing_changed_is_a_fast_no_op(tiny_project):

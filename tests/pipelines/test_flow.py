@@ -141,8 +141,8 @@ def test_overrides_are_applied_like_dvc_exp_run(tmp_path):
 
 
 def test_force_from_selects_the_stage_and_everything_after():
-    assert stages_from(STAGES, "finetune") == {*(f"finetune@{task}" for task in TASKS), "evaluate"}
-    assert stages_from(STAGES, "finetune@sms_spam") == {"finetune@sms_spam", "finetune@subj", "evaluate"}
+    assert stages_from(STAGES, "finetune") == {*(f"finetune@{task}" for task in TASKS), "export", "evaluate"}
+    assert stages_from(STAGES, "finetune@sms_spam") == {"finetune@sms_spam", "finetune@subj", "export", "evaluate"}
     assert stages_from(STAGES, None) == set()
     with pytest.raises(ValueError, match="force_from='trian'"):
         stages_from(STAGES, "trian")

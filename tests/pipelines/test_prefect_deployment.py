@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from tests.pipelines.conftest import ROOT, make_project, project_env
+from tests.pipelines.e2e_helpers import STAGES
 from tests.pipelines.servers import free_port, start, stop, wait_until_up
 
 pytestmark = pytest.mark.e2e
@@ -108,8 +109,7 @@ def test_deployment_run_completes_every_stage_and_tracks_in_mlflow(deployed):
     markdown = [a for a in artifacts if a.key == "lmcore-metrics"]
     assert len(markdown) == 1 and "tasks_mean.finetuned" in markdown[0].data
     names = sorted(t.name for t in tasks if t.state.is_completed())
-    tasks = [f"{stage}@{task}" for stage in ("prepare", "finetune") for task in ("sst2", "trec")]
-    assert names == sorted(["ingest", "validate", "tokenizer", "pretrain", *tasks, "evaluate"])
+    assert names == sorted(STAGES)
 
     import mlflow
 
