@@ -104,6 +104,32 @@ class SampleParams:
 
 
 @dataclass(frozen=True)
+class ZeroShotParams:
+    template: str  # the context, a Jinja template of the test example's `text`
+    choices: list[str]  # one continuation per label of the task, in the task's label order
+
+
+@dataclass(frozen=True)
+class LmEvalParams:
+    enabled: bool
+    batch_size: int
+    limit: int  # documents per task; 0 is all of them
+    bootstrap_iters: int  # lm-eval's bootstrap for the standard errors of perplexities (0: none)
+    zero_shot: dict[str, ZeroShotParams]  # task name: prompt
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size",):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("limit", "bootstrap_iters"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for task, prompt in self.zero_shot.items():
+            if "text" not in prompt.template:
+                raise ValueError(f"zero_shot.{task}.template must use {{{{text}}}}, got {prompt.template!r}")
+
+
+@dataclass(frozen=True)
 class EvaluateParams:
     num_windows: int  # windows of the evaluations during training (fixed, evenly spaced)
     lm_text_windows: int  # windows of each lm_texts entry; 0 is every non-overlapping window
@@ -113,6 +139,7 @@ class EvaluateParams:
     # a path, or `corpus` for the corpus's own held-out test split.
     lm_texts: dict[str, str]
     samples: SampleParams
+    lm_eval: LmEvalParams  # lm-evaluation-harness on the exported LM (pipelines/lm_eval_tasks.py)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "bootstrap_samples"):
@@ -176,6 +203,7 @@ def load_params(path: str | Path | None = None) -> Params:
                 raise ValueError(f"tasks.{name}.max_len={task.max_len} exceeds model.gpt.block_size={gpt_block}")
         check_batch_threads(params)
         check_early_stopping(params)
+        check_zero_shot(params)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
     return params
@@ -261,3 +289,16 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def check_zero_shot(params: Params) -> None:
+    """Each zero-shot prompt names a task and offers one choice per label of it."""
+    for name, prompt in params.evaluate.lm_eval.zero_shot.items():
+        key = f"evaluate.lm_eval.zero_shot.{name}"
+        if name not in params.tasks:
+            raise ValueError(f"{key}: there is no task {name!r} (tasks: {', '.join(params.tasks)})")
+        labels = params.tasks[name].labels
+        if len(prompt.choices) != len(labels):
+            raise ValueError(
+                f"{key}.choices has {len(prompt.choices)} choices, but tasks.{name} has {len(labels)} labels"
+            )

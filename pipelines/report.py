@@ -25,7 +25,7 @@ MODELS = ("finetuned", "scratch", "tfidf", "majority")
 SCORE_KEYS = ("accuracy", "macro_f1", "ci_low", "ci_high", "ece", "ece_calibrated")  # ece: neural models only
 
 
-def build_summary(results: dict[str, dict], lm: dict[str, dict]) -> dict:
+def build_summary(results: dict[str, dict], lm: dict[str, dict], lm_eval: dict[str, dict] | None = None) -> dict:
     tasks = {
         name: {m: {k: r["test"][m][k] for k in SCORE_KEYS if k in r["test"][m]} for m in MODELS if m in r["test"]}
         for name, r in results.items()
@@ -58,6 +58,7 @@ def build_summary(results: dict[str, dict], lm: dict[str, dict]) -> dict:
             if r["generalization"]
         },
         "lm": lm,
+        "lm_eval": lm_eval or {},
     }
     return summary
 
@@ -179,6 +180,30 @@ def lm_lines(summary: dict) -> list[str]:
     return lines
 
 
+def lm_eval_lines(summary: dict, command: str) -> list[str]:
+    """lm-evaluation-harness's figures: beside lmcore's own on each text, and zero-shot accuracy
+    with its 95% interval (1.96 standard errors)."""
+    judged = summary["lm_eval"]
+    if not judged:
+        return []
+    lines = ["## lm-evaluation-harness (an outside judge of the exported LM)", ""]
+    lines += ["| text | bits per byte | lmcore's | byte perplexity | word perplexity |", "|" + " --- |" * 5]
+    for name, m in summary["lm"].items():
+        if (j := judged.get(f"text_{name}")) is not None:
+            lines.append(
+                f"| {name} | {j['bits_per_byte']:.3f} | {m['bits_per_byte']:.3f} | {j['byte_perplexity']:.3f}"
+                f" | {j['word_perplexity']:,.1f} |"
+            )
+    lines += ["", "| task (test set), zero-shot | acc (95% CI) | acc_norm |", "| --- | --- | --- |"]
+    for task, j in judged.items():
+        if task.startswith("zeroshot_"):
+            half = 1.96 * j.get("acc_stderr", float("nan"))
+            lines.append(
+                f"| {task.removeprefix('zeroshot_')} | {j['acc']:.3f} ({j['acc'] - half:.3f}-{j['acc'] + half:.3f}) | {j['acc_norm']:.3f} |"
+            )
+    return [*lines, "", "By hand:", "", "```", command, "```"]
+
+
 def data_lines(data_counts: dict) -> list[str]:
     columns = ("read", "repaired_mojibake", "repaired_markup", "quarantined", "duplicates_dropped", "kept")
     lines = ["## Data: repairs and quarantine per source", ""]
@@ -192,11 +217,21 @@ def data_lines(data_counts: dict) -> list[str]:
 
 
 def render_report(
-    summary: dict, results: dict[str, dict], data_counts: dict, plots: list[str], samples: list[str]
+    summary: dict,
+    results: dict[str, dict],
+    data_counts: dict,
+    plots: list[str],
+    samples: list[str],
+    lm_eval_command: str = "",
 ) -> str:
     sections = [generality_lines(summary), generalization_lines(summary), calibration_lines(summary)]
     sections += [curve_lines(name, r) for name, r in results.items() if r["curve"]]
-    sections += [lm_lines(summary), data_lines(data_counts), ["## Plots", ""] + [f"![{p}](plots/{p})" for p in plots]]
+    sections += [
+        lm_lines(summary),
+        lm_eval_lines(summary, lm_eval_command),
+        data_lines(data_counts),
+        ["## Plots", ""] + [f"![{p}](plots/{p})" for p in plots],
+    ]
     sections.append(["## Samples from the pretrained model", "", "```", *samples, "```"])
     parts = [["# Evaluation report"], *sections]
     return "\n\n".join("\n".join(part) for part in parts if part) + "\n"

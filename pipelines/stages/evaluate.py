@@ -5,7 +5,8 @@ Language model (pretrained): bits per byte (and loss, perplexity, top-1/top-5) o
 and `gzip -9` on the very same bytes. Classification: the `finetune@<task>` results gathered into
 a generality table (a row per task, plus the mean), the out-of-domain scores and the label-budget
 curves. Writes `summary.json` (schema in pipelines/report.py), `report.md`, `plots/`,
-`samples.txt` and `metrics.json` (for `dvc metrics`).
+`samples.txt` and `metrics.json` (for `dvc metrics`). lm-evaluation-harness, an outside judge,
+scores the exported LM on the same texts and zero-shot on the tasks (pipelines/lm_eval_tasks.py).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from lmcore.checkpoint import load_model
 from lmcore.data import load_token_stream
 from lmcore.evaluate import evaluate_lm
 from lmcore.generate import generate
+from lmcore.runtime import resolve_device
 from lmcore.tokenizer import TextTokenizer, load_tokenizer
 from pipelines import tracking
+from pipelines.lm_eval_tasks import command_line, run_lm_eval, write_tasks
 from pipelines.params import ROOT, Params, load_params, load_raw_params
 from pipelines.report import build_summary, plot_curve, plot_generality, render_report, test_size
 from pipelines.stages.common import json_dump, logger, run_stage, stage_dir
@@ -63,6 +66,18 @@ def lm_scores(lm, tokenizer: TextTokenizer, params: Params) -> dict[str, dict]:
             "gzip_bits_per_byte": 8 * len(gzip.compress(raw, compresslevel=9, mtime=0)) / len(raw),
         }
     return scores
+
+
+def lm_eval_scores(params: Params, block_size: int) -> tuple[dict[str, dict], str]:
+    """lm-evaluation-harness on the exported LM (outputs/export/lm): its figures per task, and the
+    command that gives them by hand. The task files and their data go to outputs/evaluate/lm_eval."""
+    if not params.evaluate.lm_eval.enabled:
+        return {}, ""
+    folder, model_dir = stage_dir("evaluate") / "lm_eval", stage_dir("export") / "lm"
+    names = write_tasks(params, folder, list(split_texts(stage_dir("ingest") / "corpus.parquet", "test")))
+    device = str(resolve_device(params.pretrain.device))
+    scores = run_lm_eval(model_dir, folder, names, block_size, device, params.evaluate.lm_eval)
+    return scores, command_line(model_dir, folder, names, block_size)
 
 
 def sample_texts(lm, tokenizer, s) -> list[str]:
@@ -115,6 +130,7 @@ def main() -> None:
             lm, _ = load_model(pre_dir / "model")
             lm_results = lm_scores(lm, tokenizer, params)
             samples = sample_texts(lm, tokenizer, params.evaluate.samples)
+            judged, judge_command = lm_eval_scores(params, lm.config.block_size)
         results = {
             name: json.loads((stage_dir("finetune") / name / "results.json").read_text()) for name in params.tasks
         }
@@ -124,6 +140,7 @@ def main() -> None:
                 k: {m: v[m] for m in ("bits_per_byte", "xz_bits_per_byte", "gzip_bits_per_byte", "bytes")}
                 for k, v in lm_results.items()
             },
+            judged,
         )
         plots = [plot_pretraining(out), plot_generality(summary, out / "plots" / "generality.png")]
         plots += [
@@ -134,17 +151,19 @@ def main() -> None:
         json_dump(out / "summary.json", summary)
         metrics = {
             "lm": lm_results,
+            "lm_eval": judged,
             "tasks_mean": summary["tasks_mean"],
             "tasks": {t: {m: e["accuracy"] for m, e in s.items()} for t, s in summary["tasks"].items()},
         }
         json_dump(out / "metrics.json", metrics)
         (out / "samples.txt").write_text("\n".join(samples))
-        report = render_report(summary, results, data_counts(params), [p.name for p in plots], samples)
+        report = render_report(summary, results, data_counts(params), [p.name for p in plots], samples, judge_command)
         (out / "report.md").write_text(report)
         tracking.log_metrics(metrics)
         tracking.log_metrics(clock.metrics())
         tracking.log_artifacts(out / "summary.json", out / "metrics.json", out / "report.md", out / "samples.txt")
         tracking.log_artifacts(out / "plots")
+        tracking.log_artifacts(*sorted((out / "lm_eval").glob("*.yaml")), artifact_path="lm_eval")
         logger.info(
             "evaluation: mean test accuracy %s; LM %s",
             summary["tasks_mean"],

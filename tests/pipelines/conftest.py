@@ -97,6 +97,8 @@ def make_project(path: Path) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["tasks"] = {name: deep_update(params["tasks"][name], changes) for name, changes in TINY_TASKS.items()}
     params["test_sets"] = {"mr": params["test_sets"]["mr"]}
+    zero_shot = params["evaluate"]["lm_eval"]["zero_shot"]
+    params["evaluate"]["lm_eval"]["zero_shot"] = {name: zero_shot[name] for name in TINY_TASKS}
     deep_update(params, TINY_PARAMS)
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.email=test@localhost", "-c", "user.name=test"]

@@ -54,7 +54,7 @@ def test_outputs_and_dvc_metrics(tiny_project):
 
 def test_summary_json_has_its_documented_schema(tiny_project):
     summary = strict_json(tiny_project / "outputs/evaluate/summary.json")
-    assert set(summary) == {"tasks", "tasks_mean", "paired", "curves", "generalization", "lm"}
+    assert set(summary) == {"tasks", "tasks_mean", "paired", "curves", "generalization", "lm", "lm_eval"}
     for task in TASKS:
         for model in ("finetuned", "scratch", "tfidf", "majority"):
             entry = summary["tasks"][task][model]
@@ -72,6 +72,12 @@ def test_summary_json_has_its_documented_schema(tiny_project):
     }
     assert set(summary["generalization"]) == {"sst2"} and set(summary["generalization"]["sst2"]) == {"mr"}
     assert set(summary["lm"]) == {"imdb", "wikitext2", "shakespeare"}
+    # lm-evaluation-harness on the exported LM: the same texts, and each task zero-shot
+    judged = summary["lm_eval"]
+    assert set(judged) == {f"text_{t}" for t in summary["lm"]} | {f"zeroshot_{t}" for t in TASKS}
+    for text, figures in summary["lm"].items():  # one model, the same bytes, lm-eval's windows and ours
+        assert judged[f"text_{text}"]["bits_per_byte"] == pytest.approx(figures["bits_per_byte"], rel=0.05)
+    assert all(judged[f"zeroshot_{t}"]["acc_stderr"] > 0 for t in TASKS)  # an interval comes with each
     for text in summary["lm"].values():
         assert text["bits_per_byte"] > 0 and 0 < text["xz_bits_per_byte"] < text["gzip_bits_per_byte"] + 1
 

@@ -114,6 +114,18 @@ def test_the_shipped_params_load():
         ),
         (lambda p: p["evaluate"].update(bootstrap_samples=0), "evaluate.bootstrap_samples must be at least 1, got 0"),
         (lambda p: p["evaluate"].update(lm_texts={}), "evaluate.lm_texts is empty"),
+        (
+            lambda p: p["evaluate"]["lm_eval"]["zero_shot"]["trec"]["choices"].pop(),
+            "evaluate.lm_eval.zero_shot.trec.choices has 5 choices, but tasks.trec has 6 labels",
+        ),
+        (
+            lambda p: p["evaluate"]["lm_eval"]["zero_shot"].update(cola={"template": "{{text}}", "choices": []}),
+            "evaluate.lm_eval.zero_shot.cola: there is no task 'cola'",
+        ),
+        (
+            lambda p: p["evaluate"]["lm_eval"]["zero_shot"]["sst2"].update(template="Sentiment:"),
+            "evaluate.lm_eval.zero_shot.sst2.template must use",
+        ),
         (lambda p: p["evaluate"]["samples"].update(top_p=0.0), r"evaluate.samples.top_p must be in \(0, 1\], got 0.0"),
         (lambda p: p["evaluate"]["samples"].update(temperature=-1), "evaluate.samples.temperature must be >= 0"),
         (
