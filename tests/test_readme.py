@@ -28,3 +28,7 @@ def test_readme_library_example_trains_exports_and_samples(tmp_path, monkeypatch
     assert (tmp_path / "shakespeare-gpt/model.safetensors").exists()
     assert lmcore_main(["generate", "--model", "shakespeare-gpt", "--prompt", "ROMEO:", "--max-new-tokens", "20"]) == 0
     assert capsys.readouterr().out.startswith("ROMEO:")
+
+
+def test_the_readme_stays_a_front_door_of_8_kb_at_most():
+    assert len(README.read_bytes()) <= 8192, "move detail to docs/ (issue 18: the README is the front door)"
