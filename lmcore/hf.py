@@ -58,6 +58,8 @@ def export_hf(source: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write the Hugging Face folder `out` for the exported lmcore folder `source` (replaced whole)."""
     source, out = Path(source), Path(out)
     model, config = load_model(source)
+    if not (source / "tokenizer.json").exists():
+        raise ValueError(f"{source} has no tokenizer.json: a Hugging Face folder needs the model's tokenizer")
     tokenizer = load_folder_tokenizer(source, config)
     classifier = isinstance(model, SequenceClassifier)
     native = is_llama(model)
@@ -90,6 +92,8 @@ def remote_config(config: dict[str, Any], classifier: bool) -> dict[str, Any]:
     hf_config["vocab_size"] = config["model"]["vocab_size"]
     hf_config["tie_word_embeddings"] = False  # lmcore's module ties its own weights
     hf_config["use_cache"] = False
+    if config["arch"] == "gpt":  # the context a GPT's positions allow (lm-eval and generate read it)
+        hf_config["max_position_embeddings"] = config["model"]["block_size"]
     if classifier:
         names = config.get("label_names") or [str(i) for i in range(config["classifier"]["num_classes"])]
         hf_config["id2label"] = dict(enumerate(names))
@@ -114,8 +118,8 @@ def copy_remote_code(folder: Path) -> None:
 def write_tokenizer_config(
     folder: Path, eot_token: str, pad_token: str, config: dict[str, Any], classifier: bool
 ) -> None:
-    """A tokenizer `AutoTokenizer` opens as `PreTrainedTokenizerFast` (transformers 4 and 5 alike):
-    no special token added on encode, text cut from the left to a classifier's max_len (lmcore keeps
+    """A tokenizer `AutoTokenizer` opens as `PreTrainedTokenizerFast` (the class named, as
+    transformers 4 needs): no special token added on encode, text cut from the left to a classifier's max_len (lmcore keeps
     a text's last tokens), right padding."""
     specials = {"bos_token": eot_token, "eos_token": eot_token, "pad_token": pad_token}
     length = config.get("max_len", 128) if classifier else config["model"]["block_size"]

@@ -127,3 +127,11 @@ def test_importing_a_folder_lmcore_cannot_run_names_the_key(exported, tmp_path):
         subprocess.run(["rm", "-r", str(copy)], check=True)
     with pytest.raises(ValueError, match="config.json is missing"):
         import_hf(tmp_path / "nowhere", tmp_path / "out")
+
+
+def test_a_folder_without_its_tokenizer_is_refused_by_name(tmp_path):
+    model = tiny_model("lstm")
+    export_model(tmp_path / "bare", model, "lstm", TINY["lstm"])
+    with pytest.raises(ValueError, match="bare has no tokenizer.json"):
+        export_hf(tmp_path / "bare", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
