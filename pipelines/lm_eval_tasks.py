@@ -16,6 +16,7 @@ every window of the same text, up to the documents' boundaries.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,9 @@ def run_lm_eval(
 ) -> dict:
     """lm-eval's figures for each task: {task without the prefix: {metric: value}} (with each metric's
     standard error as `<metric>_stderr` where lm-eval gives one)."""
+    # Everything is local (the folder, the documents): nothing may be looked up on the Hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     import lm_eval
     from lm_eval.tasks import TaskManager
 
