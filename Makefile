@@ -20,7 +20,7 @@ repro: setup
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH dvc repro
 
 # The long profile (docs/findings.md): a 2x512 LSTM pretrained for 12,000 steps, about 50 minutes
-# of pretraining on 2 idle cores and 40 of finetuning (measured 2026-12-03). A DVC experiment: its
+# of pretraining on 2 idle cores and 35 of finetuning (measured 2026-12-03). A DVC experiment: its
 # results land in the workspace and in `dvc exp show`; DVC's run cache gives them back later.
 LONG_PROFILE ?= -S model.lstm.n_hidden=512 -S pretrain.max_steps=12000
 repro-long: setup
