@@ -135,9 +135,7 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
         if key not in config:
             raise ValueError(f"{config_path} has no {key!r} entry: not an exported model config")
     check_folder_tokenizer(directory, config)
-    model = build_model(config["arch"], build_model_config(config["arch"], config["model"]))
-    if "classifier" in config:
-        model = SequenceClassifier(model, config["classifier"]["num_classes"], config["classifier"]["pooling"])
+    model = build_exported(config["arch"], config["model"], config.get("classifier"))
     try:
         missing, unexpected = safetensors.torch.load_model(model, str(weights_path), strict=False)
     except safetensors.SafetensorError as error:
@@ -145,6 +143,13 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
     if unexpected or [k for k in missing if "lm_head.weight" not in k]:
         raise ValueError(f"{weights_path} does not match its config: missing {missing}, unexpected {unexpected}")
     return model.to(device).eval(), config
+
+
+def build_exported(arch: str, model_config: dict[str, Any], classifier: dict[str, Any] | None = None) -> nn.Module:
+    """The untrained module an exported config describes: the language model, in a classifier
+    when the config has a `classifier` entry."""
+    model = build_model(arch, build_model_config(arch, model_config))
+    return SequenceClassifier(model, classifier["num_classes"], classifier["pooling"]) if classifier else model
 
 
 def load_folder_tokenizer(directory: str | os.PathLike, config: dict[str, Any]) -> TextTokenizer:

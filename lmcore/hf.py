@@ -25,8 +25,15 @@ import safetensors.torch
 import torch
 import torch.nn as nn
 
-from lmcore.checkpoint import check_state_fits, export_model, folder_swap, load_folder_tokenizer, load_model
-from lmcore.models import GPT, GPTConfig, SequenceClassifier, build_model, build_model_config
+from lmcore.checkpoint import (
+    build_exported,
+    check_state_fits,
+    export_model,
+    folder_swap,
+    load_folder_tokenizer,
+    load_model,
+)
+from lmcore.models import GPT, GPTConfig, SequenceClassifier
 from lmcore.models.gpt import mlp_width
 
 REMOTE_CODE = Path(__file__).parent / "hf_remote"
@@ -219,15 +226,10 @@ def import_hf(source: str | os.PathLike, out: str | os.PathLike) -> Path:
         }
     config.pop("classifier", None)  # export_model writes it again from the module
     config.pop("tokenizer_sha256", None)  # and the tokenizer's hash from the file
-    model = build_from(arch, model_config, hf_config.get("lmcore", {}).get("classifier"))
+    model = build_exported(arch, model_config, hf_config.get("lmcore", {}).get("classifier"))
     check_state_fits(model, weights, str(source / "model.safetensors"))
     model.load_state_dict(weights)
     return export_model(out, model, arch, model_config, source / "tokenizer.json", extra=config)
-
-
-def build_from(arch: str, model_config: dict[str, Any], classifier: dict[str, Any] | None) -> nn.Module:
-    model = build_model(arch, build_model_config(arch, model_config))
-    return SequenceClassifier(model, classifier["num_classes"], classifier["pooling"]) if classifier else model
 
 
 def gpt_config_of_llama(hf: dict[str, Any], path: Path) -> dict[str, Any]:

@@ -72,17 +72,16 @@ def zero_shot_task(folder: Path, name: str, prompt: ZeroShotParams, rows: list[d
     return task_file(folder, f"zeroshot_{name}", data, choice)
 
 
-def write_tasks(params: Params, folder: Path, corpus_texts: list[str]) -> list[str]:
-    """Every task of the project's params, written into `folder`; their lm-eval task names."""
+def write_tasks(params: Params, folder: Path, corpus_texts: list[str], tasks_dir: Path) -> list[str]:
+    """Every task of the project's params, written into `folder` (the zero-shot tasks' test splits
+    read from `tasks_dir`, the prepare stages' outputs); their lm-eval task names."""
     folder.mkdir(parents=True, exist_ok=True)
     names = []
     for name, source in params.evaluate.lm_texts.items():
         texts = corpus_texts if source == "corpus" else [(ROOT / source).read_text(encoding="utf-8")]
         names.append(rolling_task(folder, name, texts))
     for name, prompt in params.evaluate.lm_eval.zero_shot.items():
-        table = pd.read_parquet(
-            ROOT / "outputs" / "tasks" / name / "labeled.parquet", columns=["text", "label", "split"]
-        )
+        table = pd.read_parquet(tasks_dir / name / "labeled.parquet", columns=["text", "label", "split"])
         test = table[table["split"] == "test"]
         index = {label: i for i, label in enumerate(params.tasks[name].labels)}
         rows = [{"text": text, "label": index[label]} for text, label in zip(test["text"], test["label"], strict=True)]

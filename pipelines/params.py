@@ -118,9 +118,8 @@ class LmEvalParams:
     zero_shot: dict[str, ZeroShotParams]  # task name: prompt
 
     def __post_init__(self) -> None:
-        for name in ("batch_size",):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         for name in ("limit", "bootstrap_iters"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

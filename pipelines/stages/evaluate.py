@@ -74,7 +74,8 @@ def lm_eval_scores(params: Params, block_size: int) -> tuple[dict[str, dict], st
     if not params.evaluate.lm_eval.enabled:
         return {}, ""
     folder, model_dir = stage_dir("evaluate") / "lm_eval", stage_dir("export") / "lm"
-    names = write_tasks(params, folder, list(split_texts(stage_dir("ingest") / "corpus.parquet", "test")))
+    corpus = list(split_texts(stage_dir("ingest") / "corpus.parquet", "test"))
+    names = write_tasks(params, folder, corpus, stage_dir("tasks"))
     device = str(resolve_device(params.pretrain.device))
     scores = run_lm_eval(model_dir, folder, names, block_size, device, params.evaluate.lm_eval)
     return scores, command_line(model_dir, folder, names, block_size)
