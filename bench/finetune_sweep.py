@@ -31,6 +31,7 @@ from lmcore.evaluate import predict_classes  # noqa: E402
 from lmcore.models import build_model, build_model_config  # noqa: E402
 from lmcore.tokenizer import load_tokenizer  # noqa: E402
 from pipelines.finetuning import Checkpoints, TaskData, fresh_copy, lm_adapt, subset, train_classifier  # noqa: E402
+from pipelines.layout import outputs  # noqa: E402
 from pipelines.params import load_params  # noqa: E402
 from pipelines.splits import budget_subset  # noqa: E402
 
@@ -64,13 +65,13 @@ def with_recipe(params, task_name: str, train_changes: list[str], finetune_chang
 
 def starting_backbone(params, task_name: str, scratch: bool, lm_adapt_first: bool):
     """The backbone every seed starts from: pretrained or fresh, LM-adapted on the task's texts once."""
-    pretrained, config = load_model("outputs/pretrain/model")
+    pretrained, config = load_model(outputs("pretrain").model)
     torch.manual_seed(7)
     arch = config["arch"]
     backbone = build_model(arch, build_model_config(arch, config["model"])) if scratch else pretrained
     if lm_adapt_first:
         with tempfile.TemporaryDirectory() as folder:
-            stream = Path("outputs/tasks") / task_name / "train_text.bin"
+            stream = outputs("tasks", task_name).train_text
             adapted = lm_adapt(backbone, params, stream, params.tasks[task_name].max_len, lambda s, m: None,
                                Checkpoints(Path(folder), {}))  # fmt: skip
         print(json.dumps({"lm_adapt": adapted}), flush=True)
@@ -91,8 +92,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     params = with_recipe(load_params(), args.task, args.set, args.finetune)
     task = params.tasks[args.task]
-    data = TaskData.load(Path("outputs/tasks") / args.task, [])
-    tokenizer = load_tokenizer("outputs/tokenizer/tokenizer.json")
+    data = TaskData.load(outputs("tasks", args.task).dir, [])
+    tokenizer = load_tokenizer(outputs("tokenizer").tokenizer)
     backbone = starting_backbone(params, args.task, args.scratch, args.lm_adapt)
     recipe = {"train": task.train, "finetune": parse_changes(args.finetune), "lm_adapt": args.lm_adapt}
     labels = np.asarray(data.train.labels)

@@ -24,6 +24,7 @@ from lmcore.models import SequenceClassifier, build_model, build_model_config
 from lmcore.tokenizer import TextTokenizer, load_tokenizer, read_tokenizer_file, tokenizer_sha256
 
 CHECKPOINT_NAME = "checkpoint.pt"
+WEIGHTS_NAME = "model.safetensors"  # in an exported model folder
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
@@ -93,7 +94,7 @@ def export_model(
             )
     model = getattr(model, "_orig_mod", model)  # the uncompiled module's state
     with folder_swap(directory) as tmp:
-        safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
+        safetensors.torch.save_model(model, str(tmp / WEIGHTS_NAME))
         config: dict[str, Any] = {"arch": arch, "model": model_config, **extra}
         if isinstance(model, SequenceClassifier):
             config["classifier"] = {"num_classes": model.head.out_features, "pooling": model.pooling}
@@ -123,7 +124,7 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
     """Rebuild an exported model; returns (model in eval mode, config dict)."""
     directory = Path(directory)
     config_path = directory / "config.json"
-    weights_path = directory / "model.safetensors"
+    weights_path = directory / WEIGHTS_NAME
     for path in (config_path, weights_path):
         if not path.exists():
             raise ValueError(f"{directory} is not an exported model folder: {path} is missing")

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-OUTCOMES = Path("outputs/outcomes")  # pipelines.stages.common.write_outcome writes: <stage>.json per stage
+from pipelines.layout import outputs
 
 
 class StageFailed(RuntimeError):
@@ -38,6 +38,11 @@ class StageInputError(StageFailed):
 
 class RepoLocked(RuntimeError):
     """Another DVC command holds this checkout's lock (transient: the other run will finish)."""
+
+
+def outcomes_dir(root: Path) -> Path:
+    """Where pipelines.stages.common.write_outcome leaves `<stage>.json` for each stage."""
+    return outputs("outcomes", root=root).dir
 
 
 def stage_order(root: Path) -> list[str]:
@@ -104,7 +109,7 @@ def run_stage(
 ) -> StageResult:
     """`dvc repro --single-item stage`, streaming each output line to `on_line`."""
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage, *(["--force"] if force else [])]
-    (root / OUTCOMES / f"{stage}.json").unlink(missing_ok=True)
+    (outcomes_dir(root) / f"{stage}.json").unlink(missing_ok=True)
     environment = {**os.environ, **(env or {})}
     # Stage commands call `python`: make it this interpreter's.
     environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
@@ -141,7 +146,7 @@ def run_stage(
 
 def read_outcome(root: Path, stage: str) -> dict | None:
     """The outcome the stage wrote in this run (run_stage removed any older one first)."""
-    path = root / OUTCOMES / f"{stage}.json"
+    path = outcomes_dir(root) / f"{stage}.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 

@@ -42,6 +42,7 @@ from pipelines.dvc_runner import (
     stage_order,
     stages_from,
 )
+from pipelines.layout import outputs
 from pipelines.params import load_params
 
 FLOW_NAME = "lmcore-pipeline"
@@ -139,7 +140,7 @@ def lmcore_pipeline(
                     logger.info("stage %s: %s", stage, "ran" if outcome["ran"] else "up to date")
                 status = "FINISHED"
             finally:
-                metrics_path = root / "outputs/evaluate/metrics.json"
+                metrics_path = outputs("evaluate", root=root).metrics
                 metrics = json.loads(metrics_path.read_text()) if status == "FINISHED" and metrics_path.exists() else {}
                 tracking.end_pipeline_run(parent.run_id, status, metrics)
             create_markdown_artifact(

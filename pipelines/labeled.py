@@ -101,8 +101,10 @@ def encode_examples(tokenizer: TextTokenizer, frame: pd.DataFrame, labels: list[
     return LabeledExamples(ids, [index[label] for label in frame["label"]])
 
 
-def write_task_streams(tokenizer: TextTokenizer, table: pd.DataFrame, task: TaskParams, out: Path) -> dict:
-    """The task's examples per split (.npz) and its train texts as a token stream (LM adaptation)."""
+def write_task_streams(
+    tokenizer: TextTokenizer, table: pd.DataFrame, task: TaskParams, out: Path, train_text: Path
+) -> dict:
+    """The task's examples per split (.npz in `out`) and its train texts as a token stream (LM adaptation)."""
     stats = {}
     for split in ("train", "validation", "test"):
         part = table[table["split"] == split]
@@ -113,7 +115,7 @@ def write_task_streams(tokenizer: TextTokenizer, table: pd.DataFrame, task: Task
             "examples": len(part),
             "classes": part["label"].value_counts().reindex(task.labels, fill_value=0).tolist(),
         }
-    with TokenStreamWriter(out / "train_text.bin", tokenizer.vocab_size, tokenizer.sha256()) as writer:
+    with TokenStreamWriter(train_text, tokenizer.vocab_size, tokenizer.sha256()) as writer:
         tokenizer.write_documents(table.loc[table["split"] == "train", "text"], writer)
     stats["train_text_tokens"] = writer.meta.num_tokens
     return stats

@@ -8,7 +8,6 @@ The lmcore configs (tokenizer, model, training) are used as they are; the data s
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -253,29 +252,6 @@ def read_yaml(path: str | Path) -> Any:
 
 def load_raw_params(path: str | Path | None = None) -> dict[str, Any]:
     return read_yaml(Path(path) if path else Path.cwd() / PARAMS_FILE) or {}
-
-
-def stage_definition(stage: str, dvc_yaml: Path = ROOT / "dvc.yaml") -> dict[str, Any]:
-    """A stage's entry of dvc.yaml; for one item of a foreach stage (`finetune@sst2`), its `do`
-    entry with `${key}` filled in."""
-    stages = read_yaml(dvc_yaml)["stages"]
-    name, _, key = stage.partition("@")
-    definition = stages[name]
-    if "foreach" not in definition:
-        return definition
-    return json.loads(json.dumps(definition["do"]).replace("${key}", key))
-
-
-def stage_params(stage: str, raw: dict[str, Any], dvc_yaml: Path = ROOT / "dvc.yaml") -> dict[str, Any]:
-    """The values of the params that dvc.yaml lists for `stage`: the settings whose change re-runs it."""
-    values = {}
-    for entry in stage_definition(stage, dvc_yaml).get("params", []):
-        for key in [entry] if isinstance(entry, str) else entry.get(PARAMS_FILE, []):
-            node = raw
-            for part in key.split("."):
-                node = node[part]
-            values[key] = node
-    return values
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

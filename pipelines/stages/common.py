@@ -13,19 +13,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from pipelines.layout import outputs
 from pipelines.stages.stopping import RECEIVED_SIGNALS, install_stop_handlers
 
-OUTPUTS = Path("outputs")
-# A stage's last exit under DVC, as JSON for orchestrators (pipelines/dvc_runner.py reads it): not a
-# DVC output, so DVC never deletes it before the stage runs.
-OUTCOMES = OUTPUTS / "outcomes"
 logger = logging.getLogger("pipelines")
 INPUT_ERROR_EXIT = 2  # a bad config value or input file: one clear line, never worth a retry
 VALIDATION_FAILED_EXIT = 3  # the data failed its expectations
-
-
-def stage_dir(stage: str) -> Path:
-    return OUTPUTS / stage
 
 
 def task_argument(params) -> str:
@@ -63,15 +56,18 @@ class ValidationFailed(Exception):
 
 
 def write_outcome(exit_code: int, kind: str, message: str, failures: list[str] | None = None) -> None:
-    """outputs/outcomes/<dvc stage>.json: how the stage ended (only when DVC runs it)."""
+    """<outcomes>/<dvc stage>.json: how the stage ended (only when DVC runs it), as JSON for
+    orchestrators (pipelines/dvc_runner.py reads it). Not a DVC output, so DVC never deletes it
+    before the stage runs."""
     stage = os.environ.get("DVC_STAGE")
     if not stage:
         return
-    OUTCOMES.mkdir(parents=True, exist_ok=True)
+    folder = outputs("outcomes").dir
+    folder.mkdir(parents=True, exist_ok=True)
     outcome = {"stage": stage, "exit_code": exit_code, "kind": kind, "message": message, "failures": failures or []}
-    tmp = OUTCOMES / f"{stage}.json.tmp"
+    tmp = folder / f"{stage}.json.tmp"
     tmp.write_text(json.dumps(outcome, indent=2) + "\n")
-    os.replace(tmp, OUTCOMES / f"{stage}.json")
+    os.replace(tmp, folder / f"{stage}.json")
 
 
 def resumable_checkpoints(checkpoint_dir: Path, *inputs: object) -> str:
@@ -142,7 +138,7 @@ def open_stream(name: str, tokenizer_sha256: str):
     """A token stream of the tokenizer stage, checked against the tokenizer in use."""
     from lmcore.data import load_token_stream
 
-    path = stage_dir("tokenizer") / "streams" / f"{name}.bin"
+    path = outputs("tokenizer").streams / f"{name}.bin"
     data, meta = load_token_stream(path)
     if meta.tokenizer_sha256 != tokenizer_sha256:
         raise ValueError(

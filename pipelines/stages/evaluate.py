@@ -25,10 +25,11 @@ from lmcore.generate import generate
 from lmcore.runtime import resolve_device
 from lmcore.tokenizer import TextTokenizer, load_tokenizer
 from pipelines import tracking
+from pipelines.layout import StageOutputs, outputs
 from pipelines.lm_eval_tasks import command_line, run_lm_eval, write_tasks
 from pipelines.params import ROOT, Params, load_params, load_raw_params
 from pipelines.report import build_summary, plot_curve, plot_generality, render_report, test_size
-from pipelines.stages.common import json_dump, logger, run_stage, stage_dir
+from pipelines.stages.common import json_dump, logger, run_stage
 from pipelines.stages.sinks import ComputeClock
 from pipelines.stages.tokenizer import split_texts
 
@@ -37,7 +38,7 @@ def lm_text_bytes(source: str) -> bytes:
     """The bytes a `lm_texts` entry names: `corpus` (its test split's documents, each ended by a
     newline) or a UTF-8 file."""
     if source == "corpus":
-        return "".join(f"{text}\n" for text in split_texts(stage_dir("ingest") / "corpus.parquet", "test")).encode()
+        return "".join(f"{text}\n" for text in split_texts(outputs("ingest").corpus, "test")).encode()
     path = ROOT / source
     if not path.is_file():
         raise ValueError(f"evaluate.lm_texts names {source}, which is not a file")
@@ -51,7 +52,7 @@ def lm_scores(lm, tokenizer: TextTokenizer, params: Params) -> dict[str, dict]:
     for name, source in params.evaluate.lm_texts.items():
         raw = lm_text_bytes(source)
         if source == "corpus":
-            ids, meta = load_token_stream(stage_dir("tokenizer") / "streams" / "corpus_test.bin")
+            ids, meta = load_token_stream(outputs("tokenizer").streams / "corpus_test.bin")
             bytes_per_token = meta.bytes_per_token
         else:
             ids = tokenizer.encode_to_array(raw.decode("utf-8"))
@@ -73,9 +74,9 @@ def lm_eval_scores(params: Params, block_size: int) -> tuple[dict[str, dict], st
     command that gives them by hand. The task files and their data go to outputs/evaluate/lm_eval."""
     if not params.evaluate.lm_eval.enabled:
         return {}, ""
-    folder, model_dir = stage_dir("evaluate") / "lm_eval", stage_dir("export") / "lm"
-    corpus = list(split_texts(stage_dir("ingest") / "corpus.parquet", "test"))
-    names = write_tasks(params, folder, corpus, stage_dir("tasks"))
+    folder, model_dir = outputs("evaluate").lm_eval, outputs("export").lm
+    corpus = list(split_texts(outputs("ingest").corpus, "test"))
+    names = write_tasks(params, folder, corpus, outputs("tasks").dir)
     device = str(resolve_device(params.pretrain.device))
     scores = run_lm_eval(model_dir, folder, names, block_size, device, params.evaluate.lm_eval)
     return scores, command_line(model_dir, folder, names, block_size)
@@ -92,16 +93,16 @@ def sample_texts(lm, tokenizer, s) -> list[str]:
 
 def data_counts(params: Params) -> dict[str, dict]:
     """Per source: read, repaired, quarantined, duplicates, kept (the corpus's and every task's)."""
-    counts = dict(json.loads((stage_dir("ingest") / "stats.json").read_text())["sources"])
+    counts = dict(json.loads(outputs("ingest").stats.read_text())["sources"])
     for name in params.tasks:
-        counts.update(json.loads((stage_dir("tasks") / name / "stats.json").read_text())["sources"])
+        counts.update(json.loads(outputs("tasks", name).stats.read_text())["sources"])
     return counts
 
 
-def plot_pretraining(out: Path) -> Path | None:
+def plot_pretraining(out: StageOutputs) -> Path | None:
     import matplotlib.pyplot as plt
 
-    curve = pd.read_csv(stage_dir("pretrain") / "curve.tsv", sep="\t")
+    curve = pd.read_csv(outputs("pretrain").curve, sep="\t")
     figure, axis = plt.subplots(figsize=(6, 4))
     for column in ("train/loss", "val/loss"):
         if column in curve:
@@ -110,7 +111,7 @@ def plot_pretraining(out: Path) -> Path | None:
     axis.set(xlabel="step", ylabel="cross-entropy (nats/token)", title="Pretraining loss")
     axis.legend()
     figure.tight_layout()
-    path = out / "plots" / "pretrain_loss.png"
+    path = out.plots / "pretrain_loss.png"
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
@@ -118,23 +119,21 @@ def plot_pretraining(out: Path) -> Path | None:
 
 def main() -> None:
     params = load_params()
-    pre_dir, out = stage_dir("pretrain"), stage_dir("evaluate")
-    (out / "plots").mkdir(parents=True, exist_ok=True)
-    upstream = {"pretrain": pre_dir, **{f"finetune@{t}": stage_dir("finetune") / t for t in params.tasks}}
+    pretrained, out = outputs("pretrain"), outputs("evaluate")
+    out.plots.mkdir(parents=True, exist_ok=True)
+    upstream = {"pretrain": pretrained.dir, **{f"finetune@{t}": outputs("finetune", t).dir for t in params.tasks}}
     raw = load_raw_params()
-    with tracking.stage_run("evaluate", params.tracking.experiment, {"evaluate": raw["evaluate"]}, out, upstream):
+    with tracking.stage_run("evaluate", params.tracking.experiment, {"evaluate": raw["evaluate"]}, out.dir, upstream):
         clock = ComputeClock()
         with clock.measure():
             tokenizer = load_tokenizer(
-                stage_dir("tokenizer") / "tokenizer.json", params.tokenizer.eot_token, params.tokenizer.pad_token
+                outputs("tokenizer").tokenizer, params.tokenizer.eot_token, params.tokenizer.pad_token
             )
-            lm, _ = load_model(pre_dir / "model")
+            lm, _ = load_model(pretrained.model)
             lm_results = lm_scores(lm, tokenizer, params)
             samples = sample_texts(lm, tokenizer, params.evaluate.samples)
             judged, judge_command = lm_eval_scores(params, lm.config.block_size)
-        results = {
-            name: json.loads((stage_dir("finetune") / name / "results.json").read_text()) for name in params.tasks
-        }
+        results = {name: json.loads(outputs("finetune", name).results.read_text()) for name in params.tasks}
         summary = build_summary(
             results,
             {
@@ -143,28 +142,28 @@ def main() -> None:
             },
             judged,
         )
-        plots = [plot_pretraining(out), plot_generality(summary, out / "plots" / "generality.png")]
+        plots = [plot_pretraining(out), plot_generality(summary, out.plots / "generality.png")]
         plots += [
-            plot_curve(name, r["curve"], test_size(r), out / "plots" / f"curve_{name}.png")
+            plot_curve(name, r["curve"], test_size(r), out.plots / f"curve_{name}.png")
             for name, r in results.items()
             if r["curve"]
         ]
-        json_dump(out / "summary.json", summary)
+        json_dump(out.summary, summary)
         metrics = {
             "lm": lm_results,
             "lm_eval": judged,
             "tasks_mean": summary["tasks_mean"],
             "tasks": {t: {m: e["accuracy"] for m, e in s.items()} for t, s in summary["tasks"].items()},
         }
-        json_dump(out / "metrics.json", metrics)
-        (out / "samples.txt").write_text("\n".join(samples))
+        json_dump(out.metrics, metrics)
+        out.samples.write_text("\n".join(samples))
         report = render_report(summary, results, data_counts(params), [p.name for p in plots], samples, judge_command)
-        (out / "report.md").write_text(report)
+        out.report.write_text(report)
         tracking.log_metrics(metrics)
         tracking.log_metrics(clock.metrics())
-        tracking.log_artifacts(out / "summary.json", out / "metrics.json", out / "report.md", out / "samples.txt")
-        tracking.log_artifacts(out / "plots")
-        tracking.log_artifacts(*sorted((out / "lm_eval").glob("*.yaml")), artifact_path="lm_eval")
+        tracking.log_artifacts(out.summary, out.metrics, out.report, out.samples)
+        tracking.log_artifacts(out.plots)
+        tracking.log_artifacts(*sorted(out.lm_eval.glob("*.yaml")), artifact_path="lm_eval")
         logger.info(
             "evaluation: mean test accuracy %s; LM %s",
             summary["tasks_mean"],

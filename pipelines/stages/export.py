@@ -13,15 +13,16 @@ from pathlib import Path
 
 from lmcore.hf import export_hf
 from pipelines import tracking
+from pipelines.layout import StageOutputs, outputs
 from pipelines.params import load_params
-from pipelines.stages.common import json_dump, logger, run_stage, stage_dir
+from pipelines.stages.common import json_dump, logger, run_stage
 from pipelines.stages.sinks import ComputeClock
 
 
-def exported_sources(tasks: list[str]) -> dict[str, Path]:
-    """The lmcore folders to export, by the name of their Hugging Face folder."""
-    return {"lm": stage_dir("pretrain") / "model"} | {
-        task: stage_dir("finetune") / task / "models" / "finetuned" for task in tasks
+def exported_sources(tasks: list[str], out: StageOutputs) -> dict[Path, Path]:
+    """Each Hugging Face folder to write, and the lmcore folder it exports."""
+    return {out.lm: outputs("pretrain").model} | {
+        out.dir / task: outputs("finetune", task).models / "finetuned" for task in tasks
     }
 
 
@@ -37,18 +38,18 @@ def describe(folder: Path) -> dict:
 
 def main() -> None:
     params = load_params()
-    out = stage_dir("export")
-    sources = exported_sources(list(params.tasks))
-    upstream = {"pretrain": stage_dir("pretrain"), **{t: stage_dir("finetune") / t for t in params.tasks}}
-    with tracking.stage_run("export", params.tracking.experiment, {"tasks": list(params.tasks)}, out, upstream):
+    out = outputs("export")
+    sources = exported_sources(list(params.tasks), out)
+    upstream = {"pretrain": outputs("pretrain").dir, **{t: outputs("finetune", t).dir for t in params.tasks}}
+    with tracking.stage_run("export", params.tracking.experiment, {"tasks": list(params.tasks)}, out.dir, upstream):
         clock = ComputeClock()
         with clock.measure():
-            folders = {name: describe(export_hf(source, out / name)) for name, source in sources.items()}
-        json_dump(out / "export.json", folders)
+            folders = {folder.name: describe(export_hf(source, folder)) for folder, source in sources.items()}
+        json_dump(out.listing, folders)
         tracking.log_metrics({"bytes": {name: f["bytes"] for name, f in folders.items()}, **clock.metrics()})
-        tracking.log_artifacts(out / "export.json")
+        tracking.log_artifacts(out.listing)
         for name in folders:
-            tracking.log_artifacts(out / name, artifact_path=f"hf/{name}")
+            tracking.log_artifacts(out.dir / name, artifact_path=f"hf/{name}")
         logger.info("export: %s", {name: f["class"] for name, f in folders.items()})
 
 

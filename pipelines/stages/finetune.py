@@ -22,22 +22,23 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from lmcore.checkpoint import export_model, load_model
+from lmcore.checkpoint import WEIGHTS_NAME, export_model, load_model
 from lmcore.evaluate import calibration_error, fit_temperature, predict_classes, with_temperature
 from lmcore.models import build_model, build_model_config
 from lmcore.tokenizer import load_tokenizer
 from pipelines import tracking
 from pipelines.baselines import majority_predictions, score, tfidf_predictions
 from pipelines.finetuning import Checkpoints, TaskData, fresh_copy, lm_adapt, run_curve, train_classifier
-from pipelines.params import Params, load_params, load_raw_params, stage_params
-from pipelines.stages.common import json_dump, logger, resumable_checkpoints, run_stage, stage_dir, task_argument
+from pipelines.layout import outputs, stage_params
+from pipelines.params import Params, load_params, load_raw_params
+from pipelines.stages.common import json_dump, logger, resumable_checkpoints, run_stage, task_argument
 from pipelines.stages.sinks import ComputeClock
 
 
 def load_backbone(params: Params, tokenizer_sha: str, vocab_size: int) -> tuple[nn.Module, str, dict]:
     """The pretrained model (checked against the tokenizer) or a fresh one: (model, arch, config values)."""
     if params.finetune.init == "pretrained":
-        path = stage_dir("pretrain") / "model"
+        path = outputs("pretrain").model
         backbone, config = load_model(path)
         if config.get("tokenizer_sha256") != tokenizer_sha:
             raise ValueError(f"{path} was trained with another tokenizer (vocab mismatch): re-run pretrain")
@@ -49,9 +50,9 @@ def load_backbone(params: Params, tokenizer_sha: str, vocab_size: int) -> tuple[
 
 def checkpoints_for(stage: str, raw: dict, tokenizer_sha: str, pretrained: bool) -> Checkpoints:
     """The task's checkpoint folder, with checkpoints of other settings or inputs moved aside."""
-    weights = stage_dir("pretrain") / "model" / "model.safetensors"
+    weights = outputs("pretrain").model / WEIGHTS_NAME
     digest = hashlib.sha256(weights.read_bytes()).hexdigest() if pretrained else ""
-    folder = stage_dir("finetune") / stage.partition("@")[2] / "checkpoints"
+    folder = outputs("finetune", stage.partition("@")[2]).checkpoints
     return Checkpoints(
         folder, {"fingerprint": resumable_checkpoints(folder, stage_params(stage, raw), tokenizer_sha, digest)}
     )
@@ -119,7 +120,7 @@ def train_task(name: str, params: Params, raw: dict, data: TaskData, tokenizer) 
     checkpoints = checkpoints_for(f"finetune@{name}", raw, tokenizer.sha256(), ft.init == "pretrained")
     metrics: dict = {}
     if ft.recipe == "lm_then_classification":
-        stream, log = stage_dir("tasks") / name / "train_text.bin", tracking.metric_logger("lm_adapt/")
+        stream, log = outputs("tasks", name).train_text, tracking.metric_logger("lm_adapt/")
         metrics["lm_adapt"] = lm_adapt(backbone, params, stream, task.max_len, log, checkpoints)
     backbones = {
         "finetuned": fresh_copy(backbone),
@@ -143,14 +144,14 @@ def main() -> None:
     name = task_argument(params)
     task = params.tasks[name]
     raw = load_raw_params()
-    data_dir, out = stage_dir("tasks") / name, stage_dir("finetune") / name
-    out.mkdir(parents=True, exist_ok=True)
+    data_dir, out, tok = outputs("tasks", name).dir, outputs("finetune", name), outputs("tokenizer")
+    out.dir.mkdir(parents=True, exist_ok=True)
     logged = {"finetune": raw["finetune"], "model": raw["model"], f"tasks.{name}": raw["tasks"][name]}
-    upstream = {"tokenizer": stage_dir("tokenizer"), "pretrain": stage_dir("pretrain"), "prepare": data_dir}
-    with tracking.stage_run("finetune", params.tracking.experiment, logged, out, upstream, task=name):
+    upstream = {"tokenizer": tok.dir, "pretrain": outputs("pretrain").dir, "prepare": data_dir}
+    with tracking.stage_run("finetune", params.tracking.experiment, logged, out.dir, upstream, task=name):
         clock = ComputeClock()
         with clock.measure():
-            tokenizer_path = stage_dir("tokenizer") / "tokenizer.json"
+            tokenizer_path = tok.tokenizer
             tokenizer = load_tokenizer(tokenizer_path, params.tokenizer.eot_token, params.tokenizer.pad_token)
             data = TaskData.load(data_dir, task.test_on)
             models, training, trained, (arch, model_values) = train_task(name, params, raw, data, tokenizer)
@@ -162,20 +163,20 @@ def main() -> None:
             extra.update(eot_token=tokenizer.eot_token, pad_token=tokenizer.pad_token)
             for model_name, model in models.items():
                 served = {**extra, "temperature": results["test"][model_name]["temperature"]}  # calibrated
-                export_model(out / "models" / model_name, model, arch, model_values, tokenizer_path, extra=served)
-        json_dump(out / "results.json", results)
+                export_model(out.models / model_name, model, arch, model_values, tokenizer_path, extra=served)
+        json_dump(out.results, results)
         keys = ("accuracy", "macro_f1", "ci_low", "ci_high", "ece", "ece_calibrated")
         metrics = {**trained, "test": {m: {k: r[k] for k in keys if k in r} for m, r in results["test"].items()}}
         metrics["generalization"] = {o: {"accuracy": r["accuracy"]} for o, r in results["generalization"].items()}
-        json_dump(out / "metrics.json", metrics)
-        write_curve_tsv(out / "curve.tsv", results["curve"])
+        json_dump(out.metrics, metrics)
+        write_curve_tsv(out.curve, results["curve"])
         tracking.log_metrics(metrics, prefix="final/")
         tracking.log_metrics(clock.metrics())
-        tracking.log_artifacts(out / "results.json", out / "metrics.json", out / "curve.tsv")
+        tracking.log_artifacts(out.results, out.metrics, out.curve)
         if params.tracking.register_models:
             example = pd.DataFrame({"text": [data.texts["test"][0]]})
             registered = f"{params.tracking.classifier_model_name}-{name}"
-            tracking.log_lmcore_model(out / "models" / "finetuned", "model", registered, example)
+            tracking.log_lmcore_model(out.models / "finetuned", "model", registered, example)
         logger.info("finetune@%s: %s", name, metrics["test"])
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -20,9 +19,10 @@ import pyarrow.parquet as pq
 from pipelines import tracking
 from pipelines.corpus import ReadSpec, Record, expand_sources, iter_records
 from pipelines.data_params import SPLITS
+from pipelines.layout import StageOutputs, outputs
 from pipelines.params import ROOT, Params, load_params, load_raw_params
 from pipelines.splits import assign_split
-from pipelines.stages.common import fresh_dir, json_dump, logger, run_stage, stage_dir, swap_in
+from pipelines.stages.common import fresh_dir, json_dump, logger, run_stage, swap_in
 from pipelines.stages.sinks import ComputeClock
 from pipelines.tables import DocumentCleaner
 
@@ -35,10 +35,10 @@ def corpus_records(params: Params) -> Iterator[list[Record]]:
         yield from iter_records(location, spec, params.data.chunk_rows)
 
 
-def build_corpus(params: Params, out: Path) -> dict:
+def build_corpus(params: Params, out: StageOutputs) -> dict:
     """Write the corpus table in chunks; return its stats (documents, characters, per-source counts)."""
     corpus = params.ingest
-    cleaner = DocumentCleaner(params.data, out / "quarantine.jsonl")
+    cleaner = DocumentCleaner(params.data, out.quarantine)
     documents, characters = Counter(), Counter()
     writer = None
     for records in corpus_records(params):
@@ -58,7 +58,7 @@ def build_corpus(params: Params, out: Path) -> dict:
             continue
         table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
         if writer is None:
-            writer = pq.ParquetWriter(out / "corpus.parquet", table.schema)
+            writer = pq.ParquetWriter(out.corpus, table.schema)
         writer.write_table(table.cast(writer.schema))
     sources = cleaner.close()
     if writer is None:
@@ -73,21 +73,23 @@ def build_corpus(params: Params, out: Path) -> dict:
 
 def main() -> None:
     params = load_params()
-    out = stage_dir("ingest")
-    tmp = fresh_dir(out)
+    out = outputs("ingest")
+    tmp = out.at(fresh_dir(out.dir))
     raw = load_raw_params()
-    with tracking.stage_run("ingest", params.tracking.experiment, {"ingest": raw["ingest"], "data": raw["data"]}, tmp):
+    with tracking.stage_run(
+        "ingest", params.tracking.experiment, {"ingest": raw["ingest"], "data": raw["data"]}, tmp.dir
+    ):
         clock = ComputeClock()
         with clock.measure():
             stats = build_corpus(params, tmp)
-        json_dump(tmp / "stats.json", stats)
-        frame = pd.read_parquet(tmp / "corpus.parquet", columns=["doc_id", "split", "n_chars"])
-        tracking.log_table_input(frame, out / "corpus.parquet", "corpus", context="ingested")
+        json_dump(tmp.stats, stats)
+        frame = pd.read_parquet(tmp.corpus, columns=["doc_id", "split", "n_chars"])
+        tracking.log_table_input(frame, out.corpus, "corpus", context="ingested")
         tracking.log_metrics({**stats, **clock.metrics()})
-        tracking.log_artifacts(tmp / "stats.json", tmp / "quarantine.jsonl")
+        tracking.log_artifacts(tmp.stats, tmp.quarantine)
         logger.info("ingested %s", {k: v for k, v in stats.items() if k != "sources"})
     # Swap in the complete outputs only now: a failure above leaves the previous run's files.
-    swap_in(tmp, out)
+    swap_in(tmp.dir, out.dir)
 
 
 if __name__ == "__main__":

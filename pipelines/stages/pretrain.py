@@ -8,7 +8,6 @@ Outputs: the exported model, metrics.json for `dvc metrics`, curve.tsv for `dvc 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -21,7 +20,8 @@ from lmcore.models import build_model, build_model_config
 from lmcore.tokenizer import TextTokenizer, load_tokenizer
 from lmcore.train import TrainResult, lm_loss, train
 from pipelines import tracking
-from pipelines.params import Params, load_params, load_raw_params, stage_params
+from pipelines.layout import StageOutputs, outputs, stage_params
+from pipelines.params import Params, load_params, load_raw_params
 from pipelines.stages.common import (
     json_dump,
     lm_evaluator,
@@ -29,7 +29,6 @@ from pipelines.stages.common import (
     open_stream,
     resumable_checkpoints,
     run_stage,
-    stage_dir,
 )
 from pipelines.stages.sinks import ComputeClock, CurveWriter, MetricHistory, Progress, fan_out
 from pipelines.stages.stopping import stop_requests
@@ -38,7 +37,7 @@ CURVE_COLUMNS = ["train/loss", "val/loss", "train/lr", "train/tokens_per_sec", "
 
 
 def pretrain(
-    params: Params, raw: dict, tokenizer: TextTokenizer, out: Path
+    params: Params, raw: dict, tokenizer: TextTokenizer, out: StageOutputs
 ) -> tuple[nn.Module, TrainResult, MetricHistory]:
     """Build `model.arch` and train it on the corpus's train stream, resuming from a checkpoint of the same run."""
     train_data, _ = open_stream("corpus_train", tokenizer.sha256())
@@ -52,10 +51,10 @@ def pretrain(
     check_block_size(val_data, block_size, "pretrain validation split")
     torch.manual_seed(params.pretrain.seed)  # the init draws from the global generator, random per process
     model = build_model(arch, config)
-    checkpoints = out / "checkpoints"
+    checkpoints = out.checkpoints
     fingerprint = resumable_checkpoints(checkpoints, stage_params("pretrain", raw), tokenizer.sha256())
     history = MetricHistory()
-    curve = CurveWriter(out / "curve.tsv", CURVE_COLUMNS)
+    curve = CurveWriter(out.curve, CURVE_COLUMNS)
     sinks = fan_out(tracking.metric_logger(), curve, history, Progress(params.pretrain.max_steps, "pretrain"))
     with stop_requests() as should_stop:  # a SIGTERM checkpoints the finished step, and the next run resumes it
         result = train(
@@ -76,14 +75,12 @@ def pretrain(
 def main() -> None:
     params = load_params()
     raw = load_raw_params()
-    tok_dir, out = stage_dir("tokenizer"), stage_dir("pretrain")
+    tok, out = outputs("tokenizer"), outputs("pretrain")
     logged = {"model": raw["model"], "pretrain": raw["pretrain"]}
-    with tracking.stage_run("pretrain", params.tracking.experiment, logged, out, {"tokenizer": tok_dir}):
+    with tracking.stage_run("pretrain", params.tracking.experiment, logged, out.dir, {"tokenizer": tok.dir}):
         clock = ComputeClock()
         with clock.measure():
-            tokenizer = load_tokenizer(
-                tok_dir / "tokenizer.json", params.tokenizer.eot_token, params.tokenizer.pad_token
-            )
+            tokenizer = load_tokenizer(tok.tokenizer, params.tokenizer.eot_token, params.tokenizer.pad_token)
             start = time.perf_counter()
             model, result, history = pretrain(params, raw, tokenizer, out)
             wall = time.perf_counter() - start
@@ -93,7 +90,7 @@ def main() -> None:
                 "pad_token": tokenizer.pad_token,
             }
             values = {**params.model.config_values(), "vocab_size": tokenizer.vocab_size}
-            export_model(out / "model", model, params.model.arch, values, tok_dir / "tokenizer.json", extra=extra)
+            export_model(out.model, model, params.model.arch, values, tok.tokenizer, extra=extra)
         metrics = {
             "val": result.eval_metrics,
             "train_loss": result.train_loss,
@@ -103,13 +100,13 @@ def main() -> None:
             "mfu": history.median("train/mfu"),
             "wall_seconds": wall,
         }
-        json_dump(out / "metrics.json", metrics)
+        json_dump(out.metrics, metrics)
         tracking.log_metrics(metrics, prefix="final/")
         tracking.log_metrics(clock.metrics())
-        tracking.log_artifacts(out / "metrics.json", out / "curve.tsv")
+        tracking.log_artifacts(out.metrics, out.curve)
         name = params.tracking.lm_model_name if params.tracking.register_models else None
         example = pd.DataFrame({"text": ["This movie"]})
-        version = tracking.log_lmcore_model(out / "model", "model", name, example, params=GENERATION_DEFAULTS)
+        version = tracking.log_lmcore_model(out.model, "model", name, example, params=GENERATION_DEFAULTS)
         logger.info("pretrain done: %s (registered version %s)", metrics, version)
 
 

@@ -18,8 +18,9 @@ from lmcore.data import TokenStreamWriter
 from lmcore.tokenizer import TokenizerConfig, train_tokenizer
 from pipelines import tracking
 from pipelines.data_params import SPLITS
+from pipelines.layout import StageOutputs, outputs
 from pipelines.params import load_params, load_raw_params
-from pipelines.stages.common import json_dump, logger, run_stage, stage_dir
+from pipelines.stages.common import json_dump, logger, run_stage
 from pipelines.stages.sinks import ComputeClock
 
 READ_ROWS = 4096
@@ -31,15 +32,14 @@ def split_texts(table: Path, split: str) -> Iterator[str]:
         yield from batch.filter(pc.equal(batch["split"], split))["text"].to_pylist()
 
 
-def build_tokenizer(config: TokenizerConfig, corpus: Path, out: Path) -> dict:
+def build_tokenizer(config: TokenizerConfig, corpus: Path, out: StageOutputs) -> dict:
     """Train on the corpus's train split, write tokenizer.json and every split's stream; the stats."""
-    streams = out / "streams"
-    streams.mkdir(parents=True, exist_ok=True)
+    out.streams.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(split_texts(corpus, "train"), config)
-    tokenizer.save(out / "tokenizer.json")
+    tokenizer.save(out.tokenizer)
     stats: dict = {"vocab_size": tokenizer.vocab_size, "tokenizer_sha256": tokenizer.sha256()}
     for split in SPLITS:
-        with TokenStreamWriter(streams / f"corpus_{split}.bin", tokenizer.vocab_size, tokenizer.sha256()) as writer:
+        with TokenStreamWriter(out.streams / f"corpus_{split}.bin", tokenizer.vocab_size, tokenizer.sha256()) as writer:
             tokenizer.write_documents(split_texts(corpus, split), writer)
         stats[f"corpus_{split}"] = {"tokens": writer.meta.num_tokens, "bytes_per_token": writer.meta.bytes_per_token}
     return stats
@@ -47,17 +47,17 @@ def build_tokenizer(config: TokenizerConfig, corpus: Path, out: Path) -> dict:
 
 def main() -> None:
     params = load_params()
-    ingested, out = stage_dir("ingest"), stage_dir("tokenizer")
-    upstream = {"ingest": ingested, "validate": stage_dir("validate")}
+    ingested, out = outputs("ingest"), outputs("tokenizer")
+    upstream = {"ingest": ingested.dir, "validate": outputs("validate").dir}
     with tracking.stage_run(
-        "tokenizer", params.tracking.experiment, {"tokenizer": load_raw_params()["tokenizer"]}, out, upstream
+        "tokenizer", params.tracking.experiment, {"tokenizer": load_raw_params()["tokenizer"]}, out.dir, upstream
     ):
         clock = ComputeClock()
         with clock.measure():
-            stats = build_tokenizer(params.tokenizer, ingested / "corpus.parquet", out)
-        json_dump(out / "stats.json", stats)
+            stats = build_tokenizer(params.tokenizer, ingested.corpus, out)
+        json_dump(out.stats, stats)
         tracking.log_metrics({**{k: v for k, v in stats.items() if isinstance(v, dict)}, **clock.metrics()})
-        tracking.log_artifacts(out / "tokenizer.json", out / "stats.json")
+        tracking.log_artifacts(out.tokenizer, out.stats)
         logger.info(
             "tokenizer: vocab %d, %s", stats["vocab_size"], {k: v for k, v in stats.items() if isinstance(v, dict)}
         )

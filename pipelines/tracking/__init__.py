@@ -30,13 +30,13 @@ import pandas as pd
 import psutil
 import requests
 
-from pipelines.params import ROOT, flatten, read_yaml, stage_definition
+from pipelines.layout import run_file, stage_definition
+from pipelines.params import ROOT, flatten, read_yaml
 
 logger = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", module="sqlalchemy")
 warnings.filterwarnings("ignore", message=".*Pandas4Warning.*")
 warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")
-RUN_FILE = "run.json"
 
 
 class TrackingServerUnavailable(ConnectionError):
@@ -115,7 +115,7 @@ def dependency_hashes(stage: str, task: str | None = None) -> dict[str, str]:
 
 
 def read_run_info(stage_dir: Path) -> dict[str, str] | None:
-    path = stage_dir / RUN_FILE
+    path = run_file(stage_dir)
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -163,8 +163,8 @@ def stage_run(
         # stage's own `timing/compute_seconds` to measure what is spent outside model computation.
         mlflow.log_metric("timing/process_seconds", time.time() - psutil.Process().create_time())
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / RUN_FILE).write_text(json.dumps({"run_id": run.info.run_id, "group": group, "stage": stage}) + "\n")
-        mlflow.log_artifact(str(out_dir / RUN_FILE))
+        run_file(out_dir).write_text(json.dumps({"run_id": run.info.run_id, "group": group, "stage": stage}) + "\n")
+        mlflow.log_artifact(str(run_file(out_dir)))
 
 
 @dataclasses.dataclass

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.params import read_yaml
+from pipelines.layout import outputs, stage_definition, stage_params
+from pipelines.params import load_raw_params, read_yaml
 from tests.imports import PACKAGES, ROOT, imported_modules, module_file
 
 
@@ -95,3 +96,62 @@ def test_a_missing_dep_is_found(tmp_path):
     closure = import_closure("pipelines.stages.tokenizer")
     fewer = [dep for dep in stage["deps"] if dep != "lmcore/tokenizer.py"]
     assert ROOT / "lmcore/tokenizer.py" in closure - code_deps(fewer)
+
+
+def string_constants(path: Path) -> list[str]:
+    """The strings a module's code holds, docstrings left out."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef) and node.body
+        if isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        n.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings
+    ]
+
+
+def test_each_output_path_is_written_once():
+    """dvc.yaml's stages and the pipeline's code name outputs only through the `out` vars."""
+    written = [
+        f"{path.relative_to(ROOT)}: {text!r}"
+        for path in sorted((ROOT / "pipelines").rglob("*.py"))
+        for text in string_constants(path)
+        if "outputs/" in text or text == "outputs"
+    ]
+    assert written == []
+    stages_text = (ROOT / "dvc.yaml").read_text().split("\nstages:\n", 1)[1]
+    assert [line for line in stages_text.splitlines() if "outputs/" in line.split("#")[0]] == []
+
+
+def test_the_layout_names_what_dvc_resolves():
+    finetune = outputs("finetune", "trec")
+    assert finetune.results == Path("outputs/finetune/trec/results.json")
+    resolved = stage_definition("finetune@trec")["outs"]
+    assert finetune.results.as_posix() in resolved
+    persisted = [next(iter(out)) for out in resolved if isinstance(out, dict)]  # outs with options
+    assert finetune.checkpoints.as_posix() in persisted
+    tmp = outputs("ingest").at(Path("outputs/ingest.tmp"))
+    assert tmp.corpus == Path("outputs/ingest.tmp/corpus.parquet")
+    with pytest.raises(AttributeError, match="no output 'corpse' of ingest"):
+        _ = outputs("ingest").corpse
+    with pytest.raises(ValueError, match="no outputs of a stage 'ingets'"):
+        outputs("ingets")
+
+
+def test_stage_params_are_the_values_of_the_keys_dvc_yaml_lists(tmp_path):
+    """What a stage's checkpoint fingerprint covers: every setting whose change makes DVC re-run it."""
+    raw = load_raw_params(ROOT / "params.yaml")
+    pretrain = stage_params("pretrain", raw)
+    assert set(pretrain) == {"model", "pretrain", "evaluate.num_windows", "evaluate.batch_size"}
+    assert pretrain["evaluate.num_windows"] == raw["evaluate"]["num_windows"]
+    # a foreach stage's entry, for one task: ${key} filled in
+    assert stage_params("finetune@trec", raw)["tasks.trec"] == raw["tasks"]["trec"]
+    (tmp_path / "dvc.yaml").write_text(
+        "vars:\n  - key_name: arch\nstages:\n  s:\n    cmd: x\n    params:\n      - model.${key_name}\n"
+        "      - params.yaml:\n          - seed\n"
+    )
+    assert stage_params("s", {"model": {"arch": "gpt"}, "seed": 3}, tmp_path) == {"model.arch": "gpt", "seed": 3}

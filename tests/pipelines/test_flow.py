@@ -35,7 +35,8 @@ def test_stage_order_is_read_from_dvc_yaml():
 def dvc_project(tmp_path: Path, stages: dict) -> Path:
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    layout = yaml.safe_load((ROOT / "dvc.yaml").read_text())["vars"]  # where stages leave their outcomes
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"vars": layout, "stages": stages}, sort_keys=False))
     return tmp_path
 
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.params import flatten, load_params, load_raw_params, stage_params
+from pipelines.params import flatten, load_params, load_raw_params
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -216,18 +216,3 @@ def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
     path.write_text("pretrain:\n  learning_rate: [0.1\n")
     with pytest.raises(ValueError, match=r'(?s)params.yaml is not valid YAML: .*in ".*params.yaml", line 2, column 18'):
         load_params(path)
-
-
-def test_stage_params_are_the_values_of_the_keys_dvc_yaml_lists(tmp_path):
-    """What a stage's checkpoint fingerprint covers: every setting whose change makes DVC re-run it."""
-    raw = load_raw_params(ROOT / "params.yaml")
-    pretrain = stage_params("pretrain", raw)
-    assert set(pretrain) == {"model", "pretrain", "evaluate.num_windows", "evaluate.batch_size"}
-    assert pretrain["evaluate.num_windows"] == raw["evaluate"]["num_windows"]
-    # a foreach stage's entry, for one task: ${key} filled in
-    assert stage_params("finetune@trec", raw)["tasks.trec"] == raw["tasks"]["trec"]
-    dvc_yaml = tmp_path / "dvc.yaml"
-    dvc_yaml.write_text(
-        "stages:\n  s:\n    cmd: x\n    params:\n      - model.arch\n      - params.yaml:\n          - seed\n"
-    )
-    assert stage_params("s", {"model": {"arch": "gpt"}, "seed": 3}, dvc_yaml) == {"model.arch": "gpt", "seed": 3}
