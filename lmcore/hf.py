@@ -86,8 +86,7 @@ def export_hf(source: str | os.PathLike, out: str | os.PathLike) -> Path:
         tensors = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in weights.items()}
         safetensors.torch.save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         write_json(tmp / "config.json", hf_config)
-        cache = {} if native else {"use_cache": False}  # lmcore's module keeps its own state
-        write_json(tmp / "generation_config.json", {**specials, **cache, "_from_model_config": False})
+        write_json(tmp / "generation_config.json", {**specials, "_from_model_config": False})
         shutil.copyfile(source / "tokenizer.json", tmp / "tokenizer.json")
         write_tokenizer_config(tmp, tokenizer.eot_token, tokenizer.pad_token, config, classifier)
     return out
@@ -98,7 +97,7 @@ def remote_config(config: dict[str, Any], classifier: bool) -> dict[str, Any]:
     hf_config = {"model_type": "lmcore", "architectures": [kind], "auto_map": AUTO_MAP, "lmcore": config}
     hf_config["vocab_size"] = config["model"]["vocab_size"]
     hf_config["tie_word_embeddings"] = False  # lmcore's module ties its own weights
-    hf_config["use_cache"] = False
+    hf_config["use_cache"] = True  # generate() carries lmcore's own state (hf_remote/modeling_lmcore.py)
     if config["arch"] == "gpt":  # the context a GPT's positions allow (lm-eval and generate read it)
         hf_config["max_position_embeddings"] = config["model"]["block_size"]
     if classifier:

@@ -1,15 +1,19 @@
 """`transformers` classes around an exported lmcore model (shipped in the folder; see lmcore/hf.py).
 
 The model is lmcore's own module (its files are copied beside this one with relative imports), so
-the exported weights run the code they were trained with. Without a KV cache in the `transformers`
-sense, generation reads the whole prefix each step (a GPT's cut to its context); inputs are
-right-padded, as lmcore trains them.
+the exported weights run the code they were trained with. Generation carries lmcore's own state
+(a GPT's key/value cache, a recurrent model's hidden state) from step to step as `generate()`'s
+cache, so each new token costs one step, as in `lmcore generate`; when a GPT's context fills, the
+window slides as lmcore's does (the cache rebuilt from the last half of the context). Inputs are
+right-padded, as lmcore trains them; a padded batch is read whole at each step instead.
 """
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from transformers import GenerationMixin, PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutput, SequenceClassifierOutput
+from transformers.modeling_outputs import ModelOutput, SequenceClassifierOutput
 
 from .configuration_lmcore import LmcoreConfig
 from .lmcore_gpt import GPT, rotary_table
@@ -30,6 +34,31 @@ def lengths_of_right_padded(input_ids: torch.Tensor, attention_mask: torch.Tenso
     if not torch.equal(attention_mask.bool(), positions[None, :] < lengths[:, None]):
         raise ValueError("lmcore models take right-padded inputs: set tokenizer.padding_side = 'right'")
     return lengths
+
+
+class LmcoreState:
+    """lmcore's generation state (whatever its model's `forward_step` carries) and how many
+    positions it has seen: what `generate()` hands back to the model as its cache."""
+
+    is_croppable = False
+
+    def __init__(self, state, seen: int) -> None:
+        self.state, self.seen = state, seen
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen
+
+
+@dataclass
+class LmcoreCausalLMOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    cache: LmcoreState | None = None  # transformers 5's name for the generation cache
+
+
+def unpadded(attention_mask: torch.Tensor | None) -> bool:
+    """No position is padding: the batch can carry lmcore's state (padding would enter it)."""
+    return attention_mask is None or bool(attention_mask.all())
 
 
 class LmcorePreTrainedModel(PreTrainedModel):
@@ -56,10 +85,17 @@ class LmcoreForCausalLM(LmcorePreTrainedModel, GenerationMixin):
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
-        return False  # the state stays inside lmcore's module; generate() passes the whole prefix
+        return False  # the cache is lmcore's own state (LmcoreState), made by forward
 
-    def forward(self, input_ids, attention_mask=None, labels=None, **unused) -> CausalLMOutput:
+    def forward(
+        self, input_ids, attention_mask=None, labels=None, cache=None, use_cache=None, **unused
+    ) -> LmcoreCausalLMOutput:
         lengths_of_right_padded(input_ids, attention_mask)  # a causal model ignores right padding
+        if cache is not None or (use_cache and labels is None and unpadded(attention_mask)):
+            state = cache.state if cache is not None else self.lmcore.init_state(input_ids.size(0))
+            logits, state = self.lmcore.forward_step(input_ids, state)
+            seen = (cache.seen if cache is not None else 0) + input_ids.size(1)
+            return LmcoreCausalLMOutput(logits=logits, cache=LmcoreState(state, seen))
         logits = self.lmcore(input_ids)  # (B, T, V)
         loss = None
         if labels is not None:
@@ -69,14 +105,22 @@ class LmcoreForCausalLM(LmcorePreTrainedModel, GenerationMixin):
                 else labels[:, 1:]
             )
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-        return CausalLMOutput(loss=loss, logits=logits)
+        return LmcoreCausalLMOutput(loss=loss, logits=logits)
 
-    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **unused) -> dict:
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, cache=None, use_cache=True, **unused):
+        """The new token and the cache; the whole prompt at first (a GPT's cut to its context),
+        the last half of the context when the window slides, as lmcore's `generate` does."""
         context = self.lmcore.context_length
+        if use_cache and unpadded(attention_mask):
+            if cache is not None and (context is None or cache.seen < context):
+                return {"input_ids": input_ids[:, -1:], "cache": cache, "use_cache": True}
+            keep = input_ids.size(1) if cache is None else context // 2
+            keep = keep if context is None else min(keep, context)
+            return {"input_ids": input_ids[:, -keep:], "cache": None, "use_cache": True}
         if context is not None and input_ids.size(1) > context:
             input_ids = input_ids[:, -context:]
             attention_mask = None if attention_mask is None else attention_mask[:, -context:]
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
 
 
 class LmcoreForSequenceClassification(LmcorePreTrainedModel):

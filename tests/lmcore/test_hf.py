@@ -50,7 +50,7 @@ def exported(tmp_path_factory):
         case = {"folder": str(export_hf(folders[name], root / f"hf_{name}")), "texts": TEXTS}
         ids = tokenizer.encode(TEXT)[:16]
         case |= {"kind": "classifier"} if name in CLASSIFIERS else {"kind": "lm", "ids": ids, "prompt": ids[:4]}
-        cases.append({**case, "max_new_tokens": 10})
+        cases.append({**case, "max_new_tokens": 10, "long_new_tokens": 40})  # 40: past a GPT's 16 positions
     results = open_in_transformers(cases, root)
     return {name: (folders[name], cases[i], results[i]) for i, name in enumerate([*TINY, *CLASSIFIERS])}
 
@@ -135,3 +135,25 @@ def test_a_folder_without_its_tokenizer_is_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match="bare has no tokenizer.json"):
         export_hf(tmp_path / "bare", tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def fed_per_step(prompt: int, steps: int, context: int | None) -> list[int]:
+    """The tokens each forward reads under lmcore's rule: the prompt, then one token a step; a GPT
+    whose context is full starts again from the last half of it."""
+    fed, seen = [prompt], prompt
+    for _ in range(steps - 1):
+        rebuild = context is not None and seen >= context
+        fed.append(context // 2 if rebuild else 1)
+        seen = context // 2 if rebuild else seen + 1
+    return fed
+
+
+@pytest.mark.parametrize("name", [name for name in TINY if name != "gpt_swiglu"])
+def test_remote_code_generation_carries_lmcore_state(exported, name):
+    """generate() of a folder with our modeling code reads one new token a step (not the prefix
+    again), and past a GPT's context slides its window as lmcore's generate does."""
+    folder, case, result = exported[name]
+    model, _ = load_model(folder)
+    steps = case["long_new_tokens"]
+    assert result["generated_long"] == generate(model, case["prompt"], steps, temperature=0.0)
+    assert result["fed"] == fed_per_step(len(case["prompt"]), steps, model.context_length)
