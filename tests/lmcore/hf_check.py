@@ -46,12 +46,13 @@ def check(case: dict) -> dict:
             prompt = torch.tensor([case["prompt"]])
             out = model.generate(prompt, max_new_tokens=case["max_new_tokens"], do_sample=False)
             result["generated"] = out[0, prompt.size(1) :].tolist()
-            fed = []  # the tokens each forward call reads: one per step when the cache is carried
-            model.register_forward_pre_hook(
-                lambda _, args, kwargs: fed.append(kwargs["input_ids"].size(1)), with_kwargs=True
-            )
-            out = model.generate(prompt, max_new_tokens=case["long_new_tokens"], do_sample=False, eos_token_id=None)
-            result["generated_long"], result["fed"] = out[0, prompt.size(1) :].tolist(), fed
+            if "long_new_tokens" in case:  # never stopped early, and what each forward call reads
+                fed = []  # one token per step when the cache is carried
+                model.register_forward_pre_hook(
+                    lambda _, args, kwargs: fed.append(kwargs["input_ids"].size(1)), with_kwargs=True
+                )
+                out = model.generate(prompt, max_new_tokens=case["long_new_tokens"], do_sample=False, eos_token_id=None)
+                result["generated_long"], result["fed"] = out[0, prompt.size(1) :].tolist(), fed
     result["class"] = type(model).__name__
     return result
 
