@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from lmcore.checkpoint import (
+    WEIGHTS_NAME,
     build_exported,
     check_state_fits,
     export_model,
@@ -84,7 +85,7 @@ def export_hf(source: str | os.PathLike, out: str | os.PathLike) -> Path:
             copy_remote_code(tmp)
         # Tied weights are written as two tensors: safetensors stores no shared storage.
         tensors = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in weights.items()}
-        safetensors.torch.save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        safetensors.torch.save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         write_json(tmp / "config.json", hf_config)
         write_json(tmp / "generation_config.json", {**specials, "_from_model_config": False})
         shutil.copyfile(source / "tokenizer.json", tmp / "tokenizer.json")
@@ -208,7 +209,7 @@ def import_hf(source: str | os.PathLike, out: str | os.PathLike) -> Path:
         raise ValueError(f"{source / 'config.json'}: model_type {kind!r} is neither lmcore nor llama{plain}")
     tokens = read_json(source / "tokenizer_config.json")
     try:
-        weights = safetensors.torch.load_file(str(source / "model.safetensors"))
+        weights = safetensors.torch.load_file(str(source / WEIGHTS_NAME))
     except (OSError, safetensors.SafetensorError) as error:
         raise ValueError(f"{source / 'model.safetensors'} cannot be read: {error}") from None
     if kind == "lmcore":
@@ -226,7 +227,7 @@ def import_hf(source: str | os.PathLike, out: str | os.PathLike) -> Path:
     config.pop("classifier", None)  # export_model writes it again from the module
     config.pop("tokenizer_sha256", None)  # and the tokenizer's hash from the file
     model = build_exported(arch, model_config, hf_config.get("lmcore", {}).get("classifier"))
-    check_state_fits(model, weights, str(source / "model.safetensors"))
+    check_state_fits(model, weights, str(source / WEIGHTS_NAME))
     model.load_state_dict(weights)
     return export_model(out, model, arch, model_config, source / "tokenizer.json", extra=config)
 

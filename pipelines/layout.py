@@ -43,19 +43,19 @@ class StageOutputs:
 
 
 @functools.cache
-def _layout(dvc_yaml: Path) -> dict[str, dict]:
-    definitions = read_yaml(dvc_yaml)
-    for entry in definitions.get("vars", []):
+def _layout(dvc_yaml: Path) -> dict[str, Any]:
+    """The entry of dvc.yaml's vars that holds `out` (and `run_file`)."""
+    for entry in read_yaml(dvc_yaml).get("vars", []):
         if isinstance(entry, dict) and "out" in entry:
-            return {**entry["out"], "run_file": entry["run_file"]}
+            return entry
     raise ValueError(f"{dvc_yaml}: its vars have no `out` (the output paths of the stages)")
 
 
 def outputs(stage: str, task: str | None = None, root: Path | None = None) -> StageOutputs:
     """The outputs of `stage` (of its `task` entry, for a foreach stage) of the project at `root`;
     by default this one's, relative to the working directory (DVC starts each stage at the root)."""
-    layout = _layout((root or ROOT) / "dvc.yaml")
-    if stage not in layout or stage == "run_file":
+    layout = _layout((root or ROOT) / "dvc.yaml")["out"]
+    if stage not in layout:
         raise ValueError(f"dvc.yaml's vars name no outputs of a stage {stage!r}")
     names = dict(layout[stage])
     folder = Path(names.pop("dir"))
