@@ -1,6 +1,6 @@
 """Command line for exported model folders.
 
-python -m lmcore generate --model DIR --prompt TEXT     # sample text
+python -m lmcore generate --model DIR --prompt TEXT     # sample text (or answer, for a prompt/response model)
 python -m lmcore evaluate --model DIR --text FILE       # loss, perplexity, bits per byte as JSON
 python -m lmcore export-hf --model DIR --out HF_DIR     # a folder transformers opens (lmcore/hf.py)
 python -m lmcore import-hf --model HF_DIR --out DIR     # and back, to generate, evaluate or finetune
@@ -17,11 +17,16 @@ import torch
 
 from lmcore.checkpoint import load_folder_tokenizer, load_model
 from lmcore.evaluate import evaluate_lm
-from lmcore.generate import GENERATION_DEFAULTS, generate
+from lmcore.generate import GENERATION_DEFAULTS, beam_search, generate
 from lmcore.hf import export_hf, import_hf
 from lmcore.models import SequenceClassifier
 from lmcore.runtime import resolve_device
+from lmcore.text_to_text import template_prompt
 from lmcore.tokenizer import TextTokenizer
+
+# What a folder's config.json says under "template" when its model was finetuned on prompt/response
+# pairs (lmcore.text_to_text): generate then renders the prompt through it and prints the response.
+PROMPT_RESPONSE = "prompt_response"
 
 
 def device_argument(name: str) -> torch.device:
@@ -45,26 +50,44 @@ def load_language_model(
     return model, config, tokenizer
 
 
+def cut_at_stop(text: str, stops: list[str]) -> str:
+    """The text up to the first stop string, which is not included."""
+    ends = [text.find(stop) for stop in stops if stop in text]
+    return text[: min(ends)] if ends else text
+
+
 def run_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.num_samples < 1:
         parser.error(f"--num-samples must be >= 1, got {args.num_samples}")
-    model, _, tokenizer = load_language_model(parser, args.model, args.device)
-    prompt_ids = tokenizer.encode(args.prompt) or [tokenizer.eot_id]
+    if args.beam_size < 0 or (args.beam_size > 1 and args.num_samples > 1):
+        parser.error(f"--beam-size must be >= 0, and beam search gives one answer (got {args.beam_size})")
+    model, config, tokenizer = load_language_model(parser, args.model, args.device)
+    templated = {"auto": config.get("template") == PROMPT_RESPONSE, "none": False}.get(args.template, True)
+    prompt_ids = template_prompt(tokenizer, args.prompt) if templated else tokenizer.encode(args.prompt)
+    prompt_ids = prompt_ids or [tokenizer.eot_id]  # an empty prompt starts a fresh document
+    stops = [s for s in args.stop if s]
+    stop = (lambda new: any(s in tokenizer.decode(new) for s in stops)) if stops else None
     for i in range(args.num_samples):
         try:
-            ids = generate(
-                model,
-                prompt_ids,
-                args.max_new_tokens,
-                args.temperature,
-                args.top_k,
-                args.top_p,
-                args.seed + i,
-                tokenizer.eot_id,
-            )
+            if args.beam_size > 1:
+                ids = beam_search(model, prompt_ids, args.max_new_tokens, args.beam_size, tokenizer.eot_id)
+            else:
+                ids = generate(
+                    model,
+                    prompt_ids,
+                    args.max_new_tokens,
+                    args.temperature,
+                    args.top_k,
+                    args.top_p,
+                    args.seed + i,
+                    tokenizer.eot_id,
+                    repetition_penalty=args.repetition_penalty,
+                    stop=stop,
+                )
         except ValueError as error:
             parser.error(str(error))
-        sys.stdout.write(args.prompt + tokenizer.decode(ids) + "\n")
+        text = cut_at_stop(tokenizer.decode(ids), stops)
+        sys.stdout.write(("" if templated else args.prompt) + text + "\n")
         if i + 1 < args.num_samples:
             sys.stdout.write("-" * 40 + "\n")
 
@@ -113,6 +136,16 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--top-p", type=float, default=GENERATION_DEFAULTS["top_p"])
     sample.add_argument("--seed", type=int, default=GENERATION_DEFAULTS["seed"])
     sample.add_argument("--num-samples", type=int, default=1)
+    sample.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL's; 1 (default) is none")
+    sample.add_argument("--stop", action="append", default=[], help="stop at this string (not printed); repeatable")
+    sample.add_argument("--beam-size", type=int, default=0, help="beam search of this width (>1) instead of sampling")
+    sample.add_argument(
+        "--template",
+        choices=["auto", "none", PROMPT_RESPONSE],
+        default="auto",
+        help="render the prompt through the prompt/response template and print only the response; auto (default):"
+        " when the folder's config says so",
+    )
     sample.add_argument("--device", type=device_argument, default="cpu", help=device_help)
 
     score = commands.add_parser(

@@ -149,7 +149,7 @@ def train_classifier(
     config: TrainConfig = dataclasses.replace(train_config, max_steps=steps, seed=seed)
     if checkpoint_dir is None:
         config = dataclasses.replace(config, early_stopping_patience=0, eval_interval=steps)
-    sampler = LengthBucketSampler(examples, pad_id, max_len, ft.length_buckets)
+    sampler = LengthBucketSampler.labeled(examples, pad_id, max_len, ft.length_buckets)
     start = time.perf_counter()
     with stop_requests() as should_stop:
         result = train(

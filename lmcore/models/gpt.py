@@ -60,6 +60,12 @@ class KVCache:
         first = self.layers[0]
         return 0 if first is None else first[0].size(2)
 
+    def select(self, rows: torch.Tensor) -> KVCache:
+        """A cache of the given batch rows (B',), in that order (beam search reorders its beams)."""
+        chosen = KVCache(len(self.layers))
+        chosen.layers = [None if kv is None else (kv[0][rows], kv[1][rows]) for kv in self.layers]
+        return chosen
+
 
 def make_norm(config: GPTConfig) -> nn.Module:
     if config.norm == "rmsnorm":
@@ -242,6 +248,9 @@ class GPT(nn.Module):
     def forward_step(self, idx: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
         """Logits (B, T, V) of new tokens given the cache; the cache is extended in place."""
         return self.lm_head(self.features(idx, state)), state
+
+    def reorder_state(self, state: KVCache, rows: torch.Tensor) -> KVCache:
+        return state.select(rows)
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """Parameters bottom to top, for discriminative learning rates and gradual unfreezing: the

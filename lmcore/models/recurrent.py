@@ -109,6 +109,15 @@ class RecurrentLM(nn.Module):
         h, state = self._run(idx, state)
         return self._head(h), state
 
+    def reorder_state(self, state: RecurrentState, rows: torch.Tensor) -> RecurrentState:
+        """The state of the given batch rows (B',), in that order: (L, B, H) tensors, one for a GRU,
+        (h, c) for an LSTM."""
+        if state is None:
+            return None
+        if isinstance(state, tuple):
+            return tuple(part[:, rows] for part in state)
+        return state[:, rows]
+
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """Parameters bottom to top, for discriminative learning rates and gradual unfreezing: the
         embedding, then each recurrent layer, the output projection with the last."""

@@ -9,6 +9,8 @@ import torch
 from lmcore.__main__ import main
 from lmcore.checkpoint import export_model, load_model
 from lmcore.evaluate import evaluate_lm
+from lmcore.generate import beam_search, generate
+from lmcore.text_to_text import template_prompt
 from lmcore.tokenizer import TokenizerConfig, train_tokenizer
 from tests.lmcore.helpers import TINY, tiny_model
 
@@ -66,6 +68,8 @@ def test_generate_samples_the_same_text_for_the_same_seed(model_dir):
         (["--device", "gpu"], "device='gpu' is not a torch device"),
         (["--top-k", "-3"], "top_k must be >= 0 (0 keeps every token), got -3"),
         (["--num-samples", "0"], "--num-samples must be >= 1, got 0"),
+        (["--repetition-penalty", "0"], "repetition_penalty must be > 0 (1 is none), got 0.0"),
+        (["--beam-size", "2", "--num-samples", "2"], "beam search gives one answer"),
     ],
 )
 def test_generate_names_a_bad_argument(model_dir, capsys, arguments, message):
@@ -98,3 +102,25 @@ def test_export_hf_then_import_hf_gives_back_the_same_model(tmp_path, model_dir,
         main(["import-hf", "--model", str(directory), "--out", str(tmp_path / "again")])  # an lmcore folder
     assert exit_info.value.code == 2
     assert "model_type None is neither lmcore nor llama (it is an lmcore folder already)" in capsys.readouterr().err
+
+
+def test_generate_with_the_prompt_response_template_prints_the_answer(tmp_path, model_dir, capsys):
+    _, model, tokenizer = model_dir
+    config = {**TINY["gpt"], "vocab_size": tokenizer.vocab_size}
+    export_model(
+        tmp_path / "chat", model, "gpt", config, tmp_path / "tokenizer.json", extra={"template": "prompt_response"}
+    )
+    prompt_ids = template_prompt(tokenizer, "the fox")
+    greedy = tokenizer.decode(generate(model, prompt_ids, 10, temperature=0.0, eot_id=tokenizer.eot_id))
+    common = ["generate", "--model", str(tmp_path / "chat"), "--prompt", "the fox", "--max-new-tokens", "10"]
+    main([*common, "--temperature", "0"])
+    assert capsys.readouterr().out == greedy + "\n"  # the response alone: no prompt, no marker
+    main([*common, "--beam-size", "3"])
+    beam = beam_search(model, prompt_ids, 10, beam_size=3, eot_id=tokenizer.eot_id)
+    assert capsys.readouterr().out == tokenizer.decode(beam) + "\n"
+    stop = greedy[3:5]
+    main([*common, "--temperature", "0", "--stop", stop])
+    assert capsys.readouterr().out == greedy[: greedy.index(stop)] + "\n"
+    main([*common, "--temperature", "0", "--template", "none"])  # a plain continuation of the raw prompt
+    plain = generate(model, tokenizer.encode("the fox"), 10, temperature=0.0, eot_id=tokenizer.eot_id)
+    assert capsys.readouterr().out == "the fox" + tokenizer.decode(plain) + "\n"

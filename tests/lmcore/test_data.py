@@ -60,7 +60,7 @@ def test_length_buckets_cut_padding_but_keep_uniform_sampling():
     # The last token of each text (kept when a long text is cut) is its example number, so a batch
     # tells which examples it drew.
     examples = LabeledExamples(ids=[[500] * (n - 1) + [i] for i, n in enumerate(lengths)], labels=[0] * 400)
-    sampler = LengthBucketSampler(examples, pad_id=0, max_len=48, num_buckets=8)
+    sampler = LengthBucketSampler.labeled(examples, pad_id=0, max_len=48, num_buckets=8)
     idx, lens, _ = sampler(16, torch.Generator().manual_seed(3))
     assert torch.equal(idx, sampler(16, torch.Generator().manual_seed(3))[0])
     assert idx.shape[1] == int(lens.max()) <= 48
@@ -72,4 +72,4 @@ def test_length_buckets_cut_padding_but_keep_uniform_sampling():
         np.add.at(counts, idx[torch.arange(len(lens)), lens - 1].numpy(), 1)
     assert counts.sum() == 40_000 and counts.min() > 50 and counts.max() < 160  # 100 each on average
     with pytest.raises(ValueError, match="num_buckets"):
-        LengthBucketSampler(examples, 0, 48, 0)
+        LengthBucketSampler.labeled(examples, 0, 48, 0)

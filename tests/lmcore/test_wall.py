@@ -5,7 +5,7 @@ import sys
 def test_lmcore_imports_no_orchestration_tool():
     code = (
         "import sys, lmcore, lmcore.train, lmcore.evaluate, lmcore.generate, lmcore.checkpoint, lmcore.tokenizer, "
-        "lmcore.data, lmcore.models, lmcore.__main__\n"
+        "lmcore.data, lmcore.models, lmcore.lora, lmcore.text_to_text, lmcore.__main__\n"
         "bad = [m for m in ('mlflow', 'prefect', 'dvc', 'great_expectations', 'yaml') if m in sys.modules]\n"
         "print(','.join(bad))"
     )
