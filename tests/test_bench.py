@@ -123,3 +123,41 @@ def test_targets_read_a_summary_and_say_met_missed_or_unproven(tmp_path):
     assert verdicts["LM bits/byte on held-out IMDb <= 1.3"] == "met"
     assert verdicts["no-op dvc repro <= 3 s"] == "missed by 1s"
     assert verdicts["default dvc repro from nothing <= 20 min"] == "not measured here"
+
+
+def test_translation_bench_trains_decodes_and_scores(tmp_path):
+    """bench/translation.py in a throwaway project: a tiny pretrained LSTM, a character tokenizer and
+    a few Multi30k-shaped lines; full finetuning and LoRA, greedy and beam decoding."""
+    import gzip
+
+    from lmcore.checkpoint import export_model
+    from lmcore.tokenizer import TokenizerConfig, train_tokenizer
+    from pipelines.layout import outputs
+    from tests.lmcore.helpers import TINY, tiny_model
+
+    english = ["a dog runs", "two men sit", "a girl sings", "the cat sleeps"] * 5
+    german = ["ein Hund rennt", "zwei Männer sitzen", "ein Mädchen singt", "die Katze schläft"] * 5
+    tokenizer = train_tokenizer(
+        english + german + ["Translate English to German: ### Response:"], TokenizerConfig(kind="char")
+    )
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())  # where the outputs are
+    tokenizer_out, model_out = outputs("tokenizer", root=tmp_path), outputs("pretrain", root=tmp_path)
+    tokenizer_out.dir.mkdir(parents=True)
+    tokenizer.save(tokenizer_out.tokenizer)
+    config = {**TINY["lstm"], "vocab_size": tokenizer.vocab_size}
+    export_model(
+        model_out.model, tiny_model("lstm", vocab_size=tokenizer.vocab_size), "lstm", config, tokenizer_out.tokenizer
+    )
+    (tmp_path / "data" / "multi30k").mkdir(parents=True)
+    for split in ("train", "val"):
+        for language, lines in (("en", english), ("de", german)):
+            with gzip.open(tmp_path / "data" / "multi30k" / f"{split}.{language}.gz", "wt", encoding="utf-8") as f:
+                f.write("\n".join(lines) + "\n")
+    for extra in ([], ["--lora-rank", "2", "--beam-size", "2"]):
+        command = [sys.executable, str(ROOT / "bench" / "translation.py"), "--steps", "3", "--max-len", "64", *extra]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                                env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+        row = last_json(result)
+        assert row["sentences"] == 20 and 0 <= row["greedy"]["bleu"] <= 100 and row["greedy"]["chrf"] >= 0
+        assert row["greedy"]["bleu_signature"].startswith("nrefs:1|")
+        assert (row["trainable"] < row["parameters"]) == bool(extra) and ("beam2" in row) == bool(extra)
