@@ -13,11 +13,19 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from transformers import GenerationMixin, PreTrainedModel
+from transformers.generation.utils import ALL_CACHE_NAMES
 from transformers.modeling_outputs import ModelOutput, SequenceClassifierOutput
 
+# transformers 4 copies into its module cache only the files this one imports, not what they import
+# in turn: so every lmcore file the model needs is imported here directly.
 from .configuration_lmcore import LmcoreConfig
+from .lmcore_classifier import SequenceClassifier
+from .lmcore_config import config_from_dict  # noqa: F401
 from .lmcore_gpt import GPT, rotary_table
-from .lmcore_models import SequenceClassifier, build_model, build_model_config
+from .lmcore_models import build_model, build_model_config
+from .lmcore_recurrent import RecurrentLM  # noqa: F401
+
+CACHE_NAME = ALL_CACHE_NAMES[0]  # what generate() carries from step to step: "cache" in 5, "past_key_values" in 4
 
 
 def build_language_model(config: LmcoreConfig) -> torch.nn.Module:
@@ -54,6 +62,7 @@ class LmcoreCausalLMOutput(ModelOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     cache: LmcoreState | None = None  # transformers 5's name for the generation cache
+    past_key_values: LmcoreState | None = None  # transformers 4's name for the same
 
 
 def unpadded(attention_mask: torch.Tensor | None) -> bool:
@@ -88,14 +97,16 @@ class LmcoreForCausalLM(LmcorePreTrainedModel, GenerationMixin):
         return False  # the cache is lmcore's own state (LmcoreState), made by forward
 
     def forward(
-        self, input_ids, attention_mask=None, labels=None, cache=None, use_cache=None, **unused
+        self, input_ids, attention_mask=None, labels=None, cache=None, use_cache=None, past_key_values=None, **unused
     ) -> LmcoreCausalLMOutput:
         lengths_of_right_padded(input_ids, attention_mask)  # a causal model ignores right padding
+        cache = cache if cache is not None else past_key_values
         if cache is not None or (use_cache and labels is None and unpadded(attention_mask)):
             state = cache.state if cache is not None else self.lmcore.init_state(input_ids.size(0))
             logits, state = self.lmcore.forward_step(input_ids, state)
             seen = (cache.seen if cache is not None else 0) + input_ids.size(1)
-            return LmcoreCausalLMOutput(logits=logits, cache=LmcoreState(state, seen))
+            cache = LmcoreState(state, seen)
+            return LmcoreCausalLMOutput(logits=logits, **{CACHE_NAME: cache})
         logits = self.lmcore(input_ids)  # (B, T, V)
         loss = None
         if labels is not None:
@@ -107,10 +118,13 @@ class LmcoreForCausalLM(LmcorePreTrainedModel, GenerationMixin):
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
         return LmcoreCausalLMOutput(loss=loss, logits=logits)
 
-    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, cache=None, use_cache=True, **unused):
+    def prepare_inputs_for_generation(
+        self, input_ids, attention_mask=None, cache=None, use_cache=True, past_key_values=None, **unused
+    ):
         """The new token and the cache; the whole prompt at first (a GPT's cut to its context),
         the last half of the context when the window slides, as lmcore's `generate` does."""
         context = self.lmcore.context_length
+        cache = cache if cache is not None else past_key_values
         if use_cache and unpadded(attention_mask):
             if cache is not None and (context is None or cache.seen < context):
                 return {"input_ids": input_ids[:, -1:], "cache": cache, "use_cache": True}

@@ -157,3 +157,14 @@ def test_remote_code_generation_carries_lmcore_state(exported, name):
     steps = case["long_new_tokens"]
     assert result["generated_long"] == generate(model, case["prompt"], steps, temperature=0.0)
     assert result["fed"] == fed_per_step(len(case["prompt"]), steps, model.context_length)
+
+
+def test_the_wrapper_imports_every_file_the_folder_carries(exported):
+    """transformers 4 copies into its module cache only the files modeling_lmcore.py imports
+    itself, not what those import: each copied lmcore file must be one of them (CI runs this file
+    under transformers 4 too: `make test-transformers4`)."""
+    from transformers.dynamic_module_utils import get_relative_imports
+
+    folder = Path(exported["lstm"][1]["folder"])
+    carried = {path.stem for path in folder.glob("*.py")} - {"modeling_lmcore"}
+    assert set(get_relative_imports(folder / "modeling_lmcore.py")) == carried
