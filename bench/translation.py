@@ -28,13 +28,14 @@ import torch
 sys.path.insert(0, str(Path.cwd()))
 
 from lmcore.checkpoint import load_model  # noqa: E402
-from lmcore.generate import beam_search, generate  # noqa: E402
 from lmcore.lora import LoraSettings, add_lora, merge_lora, trainable_share  # noqa: E402
 from lmcore.models import build_model, build_model_config  # noqa: E402
 from lmcore.text_to_text import encode_pairs, pair_batches, response_loss, response_nll  # noqa: E402
 from lmcore.tokenizer import load_tokenizer  # noqa: E402
 from lmcore.train import TrainConfig, train  # noqa: E402
 from pipelines.layout import outputs  # noqa: E402
+from pipelines.text_params import DecodeParams  # noqa: E402
+from pipelines.text_tasks import corpus_scores, decode_all  # noqa: E402
 
 LANGUAGES = {"en": "English", "de": "German", "fr": "French"}
 
@@ -46,29 +47,6 @@ def read_lines(split: str, language: str) -> list[str]:
 
 def translation_pairs(sources: list[str], references: list[str], target: str) -> list[tuple[str, str]]:
     return [(f"Translate English to {LANGUAGES[target]}: {s}", t) for s, t in zip(sources, references, strict=True)]
-
-
-def decode_all(model, tokenizer, examples, beam_size: int, max_new_tokens: int) -> list[str]:
-    hypotheses = []
-    for prompt in examples.prompts():
-        if beam_size > 1:
-            ids = beam_search(model, prompt, max_new_tokens, beam_size, tokenizer.eot_id)
-        else:
-            ids = generate(model, prompt, max_new_tokens, temperature=0.0, eot_id=tokenizer.eot_id)
-        hypotheses.append(tokenizer.decode(ids).strip())
-    return hypotheses
-
-
-def scores(hypotheses: list[str], references: list[str]) -> dict:
-    import sacrebleu
-
-    bleu, chrf = sacrebleu.BLEU(), sacrebleu.CHRF()
-    return {
-        "bleu": round(bleu.corpus_score(hypotheses, [references]).score, 2),
-        "chrf": round(chrf.corpus_score(hypotheses, [references]).score, 2),
-        "bleu_signature": str(bleu.get_signature()),
-        "chrf_signature": str(chrf.get_signature()),
-    }
 
 
 def main() -> None:
@@ -130,11 +108,12 @@ def main() -> None:
         "trainable": trainable, "parameters": total, "bytes_per_token": bytes_per_token,
         "response_perplexity": round(math.exp(nll / count), 3), "train_seconds": round(train_seconds, 1),
     }  # fmt: skip
-    row["copy_source"] = scores(eval_sources, references)["bleu"]
+    row["copy_source"] = corpus_scores(eval_sources, references, bootstrap=1000)["bleu"]
     for name, beam in [("greedy", 1)] + ([(f"beam{args.beam_size}", args.beam_size)] if args.beam_size > 1 else []):
         start = time.perf_counter()
-        hypotheses = decode_all(model, tokenizer, eval_set, beam, max_new_tokens=args.max_len)
-        row[name] = {**scores(hypotheses, references), "seconds": round(time.perf_counter() - start, 1)}
+        hypotheses = decode_all(model, tokenizer, eval_set, DecodeParams(beam_size=beam, max_new_tokens=args.max_len))
+        scored = corpus_scores(hypotheses, references, bootstrap=1000)
+        row[name] = {**scored, "seconds": round(time.perf_counter() - start, 1)}
         row[name]["samples"] = [[eval_sources[i], hypotheses[i], references[i]] for i in (0, 1, 2)]
     print(json.dumps(row, ensure_ascii=False), flush=True)
 

@@ -21,12 +21,8 @@ from lmcore.generate import GENERATION_DEFAULTS, beam_search, generate
 from lmcore.hf import export_hf, import_hf
 from lmcore.models import SequenceClassifier
 from lmcore.runtime import resolve_device
-from lmcore.text_to_text import template_prompt
+from lmcore.text_to_text import PROMPT_RESPONSE, folder_prompt, template_prompt
 from lmcore.tokenizer import TextTokenizer
-
-# What a folder's config.json says under "template" when its model was finetuned on prompt/response
-# pairs (lmcore.text_to_text): generate then renders the prompt through it and prints the response.
-PROMPT_RESPONSE = "prompt_response"
 
 
 def device_argument(name: str) -> torch.device:
@@ -63,7 +59,10 @@ def run_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error(f"--beam-size must be >= 0, and beam search gives one answer (got {args.beam_size})")
     model, config, tokenizer = load_language_model(parser, args.model, args.device)
     templated = {"auto": config.get("template") == PROMPT_RESPONSE, "none": False}.get(args.template, True)
-    prompt_ids = template_prompt(tokenizer, args.prompt) if templated else tokenizer.encode(args.prompt)
+    if args.template == "auto" and templated:  # the folder's own instruction, as it was finetuned
+        prompt_ids = folder_prompt(tokenizer, config, args.prompt)
+    else:
+        prompt_ids = template_prompt(tokenizer, args.prompt) if templated else tokenizer.encode(args.prompt)
     prompt_ids = prompt_ids or [tokenizer.eot_id]  # an empty prompt starts a fresh document
     stops = [s for s in args.stop if s]
     stop = (lambda new: any(s in tokenizer.decode(new) for s in stops)) if stops else None

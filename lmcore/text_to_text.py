@@ -31,6 +31,9 @@ from lmcore.tokenizer import TextTokenizer
 
 RESPONSE_MARKER = "\n### Response:\n"
 IGNORE = -100  # the target of a position the loss skips (F.cross_entropy's ignore_index)
+# What a folder's config.json says under "template" when its model was finetuned on prompt/response
+# pairs: generation (the CLI, the served model) then renders the prompt and returns the response.
+PROMPT_RESPONSE = "prompt_response"
 
 
 def render_messages(messages: Sequence[dict[str, str]], where: str = "messages") -> tuple[str, str]:
@@ -81,6 +84,12 @@ def fit_lengths(prompt_length: int, response_length: int, max_len: int) -> tuple
 def template_prompt(tokenizer: TextTokenizer, prompt: str) -> list[int]:
     """What a model reads before it writes a response: end-of-text, the prompt, the marker."""
     return [tokenizer.eot_id, *tokenizer.encode(prompt), *tokenizer.encode(RESPONSE_MARKER)]
+
+
+def folder_prompt(tokenizer: TextTokenizer, config: dict, text: str) -> list[int]:
+    """What a model finetuned on a template reads for `text`: the instruction its folder's config
+    names (a translation model's "Translate English to German: "), then the text, templated."""
+    return template_prompt(tokenizer, config.get("instruction", "") + text)
 
 
 def encode_pairs(tokenizer: TextTokenizer, pairs: Iterable[tuple[str, str]], max_len: int) -> PromptResponses:

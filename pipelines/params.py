@@ -23,6 +23,7 @@ from lmcore.sharding import batch_threads_problem
 from lmcore.tokenizer import TokenizerConfig
 from lmcore.train import TrainConfig
 from pipelines.data_params import CorpusParams, DataParams, LabeledSetParams, TaskParams, ValidateParams, check_tasks
+from pipelines.text_params import TextTaskParams, check_text_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILE = "params.yaml"
@@ -169,6 +170,7 @@ class Params:
     pretrain: TrainConfig
     tasks: dict[str, TaskParams]
     test_sets: dict[str, LabeledSetParams]
+    text_tasks: dict[str, TextTaskParams]
     finetune: FinetuneParams
     evaluate: EvaluateParams
     tracking: TrackingParams
@@ -199,6 +201,10 @@ def load_params(path: str | Path | None = None) -> Params:
             if params.model.arch == "gpt" and task.max_len > gpt_block:
                 # finetune would refuse it, but only after the tokenizer and pretrain stages ran
                 raise ValueError(f"tasks.{name}.max_len={task.max_len} exceeds model.gpt.block_size={gpt_block}")
+        check_text_tasks(params.text_tasks, params.finetune.train, params.tasks)
+        for name, task in params.text_tasks.items():
+            if params.model.arch == "gpt" and task.max_len > gpt_block:
+                raise ValueError(f"text_tasks.{name}.max_len={task.max_len} exceeds model.gpt.block_size={gpt_block}")
         check_batch_threads(params)
         check_early_stopping(params)
         check_zero_shot(params)

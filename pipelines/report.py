@@ -8,6 +8,9 @@ summary.json:
 - `curves.<task>`: [{labels, seed, model, accuracy}], the label-budget curve
 - `generalization.<task>.<test_set>`: {accuracy, ci_low, ci_high} of the task's finetuned classifier
 - `lm.<text>`: {bits_per_byte, xz_bits_per_byte, gzip_bits_per_byte, bytes}
+- `text_tasks.<task>`: `finetuned` {bleu, chrf, each with ci_low/ci_high (bootstrap 95%) and its
+  sacreBLEU signature, response_perplexity}, `copy_source` {bleu, chrf}, `pairs` (test pairs scored):
+  a section of its own, as in params.yaml, so `tasks` and `tasks_mean` stay classification's
 """
 
 from __future__ import annotations
@@ -23,9 +26,15 @@ import numpy as np  # noqa: E402
 
 MODELS = ("finetuned", "scratch", "tfidf", "majority")
 SCORE_KEYS = ("accuracy", "macro_f1", "ci_low", "ci_high", "ece", "ece_calibrated")  # ece: neural models only
+TEXT_SCORE_KEYS = tuple(f"{m}{s}" for m in ("bleu", "chrf") for s in ("", "_ci_low", "_ci_high", "_signature"))
 
 
-def build_summary(results: dict[str, dict], lm: dict[str, dict], lm_eval: dict[str, dict] | None = None) -> dict:
+def build_summary(
+    results: dict[str, dict],
+    lm: dict[str, dict],
+    lm_eval: dict[str, dict] | None = None,
+    text_results: dict[str, dict] | None = None,
+) -> dict:
     tasks = {
         name: {m: {k: r["test"][m][k] for k in SCORE_KEYS if k in r["test"][m]} for m in MODELS if m in r["test"]}
         for name, r in results.items()
@@ -59,6 +68,14 @@ def build_summary(results: dict[str, dict], lm: dict[str, dict], lm_eval: dict[s
         },
         "lm": lm,
         "lm_eval": lm_eval or {},
+        "text_tasks": {
+            name: {
+                "finetuned": {k: m["test"][k] for k in (*TEXT_SCORE_KEYS, "response_perplexity")},
+                "copy_source": m["test"]["copy_source"],
+                "pairs": m["test"]["pairs"],
+            }
+            for name, m in (text_results or {}).items()
+        },
     }
     return summary
 
@@ -204,6 +221,27 @@ def lm_eval_lines(summary: dict, command: str) -> list[str]:
     return [*lines, "", "By hand:", "", "```", command, "```"]
 
 
+def text_task_lines(summary: dict, text_samples: dict[str, str]) -> list[str]:
+    """Each text-to-text task's test scores beside copying the source, and its first samples."""
+    if not summary["text_tasks"]:
+        return []
+    lines = ["## Text-to-text tasks (test split)", ""]
+    lines += ["| task | pairs | BLEU (95% CI) | chrF (95% CI) | copy source BLEU / chrF | response ppl |"]
+    lines.append("|" + " --- |" * 6)
+    for name, entry in summary["text_tasks"].items():
+        f, c = entry["finetuned"], entry["copy_source"]
+        lines.append(
+            f"| {name} | {entry['pairs']:,} | {f['bleu']:.2f} ({f['bleu_ci_low']:.2f}-{f['bleu_ci_high']:.2f})"
+            f" | {f['chrf']:.2f} ({f['chrf_ci_low']:.2f}-{f['chrf_ci_high']:.2f}) | {c['bleu']:.2f} / {c['chrf']:.2f}"
+            f" | {f['response_perplexity']:.2f} |"
+        )
+    signatures = {e["finetuned"][f"{m}_signature"] for e in summary["text_tasks"].values() for m in ("bleu", "chrf")}
+    lines += ["", "sacreBLEU signatures: " + "; ".join(f"`{s}`" for s in sorted(signatures))]
+    for name, text in text_samples.items():
+        lines += ["", f"Samples, {name}:", "", "```", text.rstrip("\n"), "```"]
+    return lines
+
+
 def data_lines(data_counts: dict) -> list[str]:
     columns = ("read", "repaired_mojibake", "repaired_markup", "quarantined", "duplicates_dropped", "kept")
     lines = ["## Data: repairs and quarantine per source", ""]
@@ -223,12 +261,14 @@ def render_report(
     plots: list[str],
     samples: list[str],
     lm_eval_command: str = "",
+    text_samples: dict[str, str] | None = None,
 ) -> str:
     sections = [generality_lines(summary), generalization_lines(summary), calibration_lines(summary)]
     sections += [curve_lines(name, r) for name, r in results.items() if r["curve"]]
     sections += [
         lm_lines(summary),
         lm_eval_lines(summary, lm_eval_command),
+        text_task_lines(summary, text_samples or {}),
         data_lines(data_counts),
         ["## Plots", ""] + [f"![{p}](plots/{p})" for p in plots],
     ]

@@ -21,11 +21,13 @@ INPUT_ERROR_EXIT = 2  # a bad config value or input file: one clear line, never 
 VALIDATION_FAILED_EXIT = 3  # the data failed its expectations
 
 
-def task_argument(params) -> str:
-    """The task a foreach stage runs for (`python -m pipelines.stages.finetune sst2`): a key of params.tasks."""
-    if len(sys.argv) != 2 or sys.argv[1] not in params.tasks:
+def task_argument(params, section: str = "tasks") -> str:
+    """The task a foreach stage runs for (`python -m pipelines.stages.finetune sst2`): a key of
+    params.tasks (or of the section named)."""
+    names = sorted(getattr(params, section))
+    if len(sys.argv) != 2 or sys.argv[1] not in names:
         given = " ".join(sys.argv[1:]) or "nothing"
-        raise ValueError(f"{sys.argv[0]} takes one task of params.yaml's tasks {sorted(params.tasks)}, got {given}")
+        raise ValueError(f"{sys.argv[0]} takes one task of params.yaml's {section} {names}, got {given}")
     return sys.argv[1]
 
 

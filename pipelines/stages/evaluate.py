@@ -122,6 +122,7 @@ def main() -> None:
     pretrained, out = outputs("pretrain"), outputs("evaluate")
     out.plots.mkdir(parents=True, exist_ok=True)
     upstream = {"pretrain": pretrained.dir, **{f"finetune@{t}": outputs("finetune", t).dir for t in params.tasks}}
+    upstream |= {f"text_task@{t}": outputs("text_task", t).dir for t in params.text_tasks}
     raw = load_raw_params()
     with tracking.stage_run("evaluate", params.tracking.experiment, {"evaluate": raw["evaluate"]}, out.dir, upstream):
         clock = ComputeClock()
@@ -134,6 +135,8 @@ def main() -> None:
             samples = sample_texts(lm, tokenizer, params.evaluate.samples)
             judged, judge_command = lm_eval_scores(params, lm.config.block_size)
         results = {name: json.loads(outputs("finetune", name).results.read_text()) for name in params.tasks}
+        text_results = {name: json.loads(outputs("text_task", name).metrics.read_text()) for name in params.text_tasks}
+        text_samples = {name: outputs("text_task", name).samples.read_text() for name in params.text_tasks}
         summary = build_summary(
             results,
             {
@@ -141,6 +144,7 @@ def main() -> None:
                 for k, v in lm_results.items()
             },
             judged,
+            text_results,
         )
         plots = [plot_pretraining(out), plot_generality(summary, out.plots / "generality.png")]
         plots += [
@@ -154,10 +158,15 @@ def main() -> None:
             "lm_eval": judged,
             "tasks_mean": summary["tasks_mean"],
             "tasks": {t: {m: e["accuracy"] for m, e in s.items()} for t, s in summary["tasks"].items()},
+            "text_tasks": {
+                t: {m: e["finetuned"][m] for m in ("bleu", "chrf")} for t, e in summary["text_tasks"].items()
+            },
         }
         json_dump(out.metrics, metrics)
         out.samples.write_text("\n".join(samples))
-        report = render_report(summary, results, data_counts(params), [p.name for p in plots], samples, judge_command)
+        report = render_report(
+            summary, results, data_counts(params), [p.name for p in plots], samples, judge_command, text_samples
+        )
         out.report.write_text(report)
         tracking.log_metrics(metrics)
         tracking.log_metrics(clock.metrics())

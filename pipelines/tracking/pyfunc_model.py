@@ -66,6 +66,7 @@ class LmcoreModel(PythonModel):
         from lmcore.data import LabeledExamples
         from lmcore.evaluate import predict_classes
         from lmcore.generate import GENERATION_DEFAULTS, generate
+        from lmcore.text_to_text import PROMPT_RESPONSE, folder_prompt
 
         texts = request_texts(model_input)
         if "classifier" in self.config:
@@ -80,11 +81,13 @@ class LmcoreModel(PythonModel):
             names = self.config.get("label_names") or [str(i) for i in range(probs.shape[1])]
             return pd.DataFrame({"label": [names[i] for i in predicted], "probability": probs.max(1)})
         settings = sampling_settings(params, GENERATION_DEFAULTS)
+        templated = self.config.get("template") == PROMPT_RESPONSE  # answers its prompt, as finetuned
         outputs = []
         for i, text in enumerate(texts):
+            prompt = folder_prompt(self.tokenizer, self.config, text) if templated else self.tokenizer.encode(text)
             ids = generate(
                 self.model,
-                self.tokenizer.encode(text) or [self.tokenizer.eot_id],
+                prompt or [self.tokenizer.eot_id],
                 settings["max_new_tokens"],
                 settings["temperature"],
                 settings["top_k"],
@@ -92,7 +95,7 @@ class LmcoreModel(PythonModel):
                 settings["seed"] + i,
                 self.tokenizer.eot_id,
             )
-            outputs.append(self.tokenizer.decode(ids))
+            outputs.append(self.tokenizer.decode(ids).strip() if templated else self.tokenizer.decode(ids))
         return pd.DataFrame({"generated": outputs})
 
 

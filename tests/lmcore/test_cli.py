@@ -124,3 +124,20 @@ def test_generate_with_the_prompt_response_template_prints_the_answer(tmp_path, 
     main([*common, "--temperature", "0", "--template", "none"])  # a plain continuation of the raw prompt
     plain = generate(model, tokenizer.encode("the fox"), 10, temperature=0.0, eot_id=tokenizer.eot_id)
     assert capsys.readouterr().out == "the fox" + tokenizer.decode(plain) + "\n"
+
+
+def test_generate_puts_the_folders_instruction_before_the_prompt(tmp_path, model_dir, capsys, monkeypatch):
+    """A folder finetuned with an instruction ("Translate English to German: ") reads the bare
+    source as it was trained: instruction, source, template; `--template prompt_response` does not add it."""
+    import lmcore.__main__ as cli
+
+    _, model, tokenizer = model_dir
+    config = {**TINY["gpt"], "vocab_size": tokenizer.vocab_size}
+    extra = {"template": "prompt_response", "instruction": "Say: "}
+    export_model(tmp_path / "translator", model, "gpt", config, tmp_path / "tokenizer.json", extra=extra)
+    read = []
+    monkeypatch.setattr(cli, "generate", lambda m, prompt, *args, **kwargs: read.append(prompt) or [])
+    common = ["generate", "--model", str(tmp_path / "translator"), "--prompt", "the fox", "--max-new-tokens", "4"]
+    main(common)
+    main([*common, "--template", "prompt_response"])
+    assert read == [template_prompt(tokenizer, "Say: the fox"), template_prompt(tokenizer, "the fox")]

@@ -51,6 +51,20 @@ TINY_PARAMS = {
     },
     "evaluate": {"num_windows": 40, "lm_text_windows": 40, "bootstrap_samples": 200, "samples": {"max_new_tokens": 20}},
     "tracking": {"experiment": "lmcore-test"},
+    "text_tasks": {
+        "translate_en_de": {
+            "max_len": 32,
+            "test_subset": 8,
+            "train": {
+                "max_steps": 12,
+                "batch_size": 8,
+                "warmup_steps": 2,
+                "eval_interval": 6,
+                "checkpoint_interval": 6,
+            },
+            "decode": {"max_new_tokens": 8},
+        }
+    },
 }
 # Two of the shipped tasks, one of each kind of source: a table with a fixed test file (sst2, also
 # scored on MR), and text lines whose label a pattern finds in a latin-1 file (trec).
@@ -94,6 +108,9 @@ def make_project(path: Path) -> Path:
         head_lines(data / name, path / "data" / name, 300)
     for name in ("wikitext2/test.txt", "tinyshakespeare/input.txt"):
         head_lines(data / name, path / "data" / name, 200)
+    for split, lines in (("train", 300), ("val", 20), ("test_2016_flickr", 20)):
+        for language in ("en", "de"):
+            head_lines(data / f"multi30k/{split}.{language}.gz", path / f"data/multi30k/{split}.{language}.gz", lines)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["tasks"] = {name: deep_update(params["tasks"][name], changes) for name, changes in TINY_TASKS.items()}
     params["test_sets"] = {"mr": params["test_sets"]["mr"]}

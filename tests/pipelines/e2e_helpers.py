@@ -7,12 +7,14 @@ import json
 import warnings
 
 TASKS = ["sst2", "trec"]  # the tiny project's (tests/pipelines/conftest.py)
+TEXT_TASKS = ["translate_en_de"]  # the tiny project's and params.yaml's
 
 
-def stage_names(tasks: list[str]) -> list[str]:
+def stage_names(tasks: list[str], text_tasks: list[str] = TEXT_TASKS) -> list[str]:
     """The stages of dvc.yaml for these tasks, in the order DVC runs them."""
     per_task = [f"{stage}@{task}" for stage in ("prepare", "finetune") for task in tasks]
-    return ["ingest", "validate", "tokenizer", "pretrain", *per_task, "export", "evaluate"]
+    per_text_task = [f"text_task@{task}" for task in text_tasks]
+    return ["ingest", "validate", "tokenizer", "pretrain", *per_task, *per_text_task, "export", "evaluate"]
 
 
 STAGES = stage_names(TASKS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
@@ -54,7 +55,14 @@ def test_outputs_and_dvc_metrics(tiny_project):
 
 def test_summary_json_has_its_documented_schema(tiny_project):
     summary = strict_json(tiny_project / "outputs/evaluate/summary.json")
-    assert set(summary) == {"tasks", "tasks_mean", "paired", "curves", "generalization", "lm", "lm_eval"}
+    assert set(summary) == {"tasks", "tasks_mean", "paired", "curves", "generalization", "lm", "lm_eval", "text_tasks"}
+    translation = summary["text_tasks"]["translate_en_de"]
+    assert set(translation) == {"finetuned", "copy_source", "pairs"} and translation["pairs"] == 8
+    scores = translation["finetuned"]
+    for metric in ("bleu", "chrf"):
+        assert scores[f"{metric}_ci_low"] <= scores[metric] <= scores[f"{metric}_ci_high"] + 1e-6
+        assert "version:" in scores[f"{metric}_signature"] and metric in translation["copy_source"]
+    assert scores["response_perplexity"] > 1
     for task in TASKS:
         for model in ("finetuned", "scratch", "tfidf", "majority"):
             entry = summary["tasks"][task][model]
@@ -136,6 +144,51 @@ def test_registered_models_load_and_predict(tiny_project):
     lm = mlflow.pyfunc.load_model("models:/lmcore-lm/1")
     generated = lm.predict(pd.DataFrame({"text": ["This movie"]}), params={"max_new_tokens": 5, "seed": 1})
     assert isinstance(generated["generated"][0], str)
+    # the translation model renders its instruction and template: what it answers is the response alone
+    translator = mlflow.pyfunc.load_model("models:/lmcore-translation-en-de/1")
+    answer = translator.predict(
+        pd.DataFrame({"text": ["A dog runs."]}), params={"max_new_tokens": 8, "temperature": 0.0}
+    )
+    assert isinstance(answer["generated"][0], str) and "### Response" not in answer["generated"][0]
+
+
+def test_a_text_task_writes_aligned_outputs(tiny_project):
+    """hypotheses.txt, references.txt and sources.txt line up with the test pairs; the model folder
+    says its template; the MLflow run links to pretraining."""
+    out = tiny_project / "outputs/text_tasks/translate_en_de"
+    lines = {
+        name: (out / f"{name}.txt").read_text(encoding="utf-8").splitlines()
+        for name in ("hypotheses", "references", "sources")
+    }
+    assert {len(v) for v in lines.values()} == {8}
+    assert (
+        lines["sources"][0] == gzip.open(tiny_project / "data/multi30k/test_2016_flickr.en.gz", "rt").readline().strip()
+    )
+    config = strict_json(out / "model/config.json")
+    assert config["template"] == "prompt_response" and config["instruction"] == "Translate English to German: "
+    metrics = strict_json(out / "metrics.json")
+    assert metrics["training"]["steps"] == 12 and metrics["training"]["lora_rank"] == 0
+    runs = stage_runs(tiny_project)
+    run = runs["text_task@translate_en_de"]
+    assert run.data.tags["upstream.pretrain"] == runs["pretrain"].info.run_id
+    assert "final/test.bleu" in run.data.metrics and "val/loss" in run.data.metrics
+
+
+def test_a_text_task_with_lora_trains_adapters_and_saves_the_merged_model(tiny_project):
+    """`lora.rank` > 0: a few percent of the parameters train (peft on the LSTM's weights, unsharded)
+    and the saved folder is the plain model again, its trainable count the pretrained model's."""
+    params_path = tiny_project / "params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    params["text_tasks"]["translate_en_de"]["lora"] = {"rank": 2, "alpha": 4.0}
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    dvc(tiny_project, "repro", "text_task@translate_en_de")
+    out = tiny_project / "outputs/text_tasks/translate_en_de"
+    training = strict_json(out / "metrics.json")["training"]
+    assert training["lora_rank"] == 2 and 0 < training["trainable_parameters"] < 0.5 * training["parameters"]
+    merged, _ = load_model(out / "model")
+    pretrained, _ = load_model(tiny_project / "outputs/pretrain/model")
+    assert set(merged.state_dict()) == set(pretrained.state_dict())
+    assert any(not torch.equal(merged.state_dict()[k], v) for k, v in pretrained.state_dict().items())
 
 
 def test_the_export_folders_open_in_transformers_without_the_project(tiny_project, tmp_path):

@@ -1,0 +1,136 @@
+"""text_task@<name>: the pretrained LM finetuned on one text-to-text task, its test split decoded.
+
+`python -m pipelines.stages.text_task <name>` (a key of params.yaml's `text_tasks`). The pairs are
+rendered through lmcore's prompt/response template and trained with the loss on the response
+(full finetuning, or LoRA adapters merged afterwards); the validation and test responses'
+perplexity is measured, the test prompts are decoded (greedy or beam search) and scored
+(pipelines/text_tasks.py). Outputs in outputs/text_tasks/<name>/: `model/` (its config says the
+template, so `lmcore generate` and the served model apply it), `hypotheses.txt` beside
+`references.txt` and `sources.txt` (one test pair per line, for re-scoring), `metrics.json`,
+`samples.txt`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from lmcore.checkpoint import WEIGHTS_NAME, export_model, load_model
+from lmcore.lora import add_lora, merge_lora, trainable_share
+from lmcore.text_to_text import PROMPT_RESPONSE, encode_pairs, pair_batches, response_loss, response_nll
+from lmcore.tokenizer import load_tokenizer
+from lmcore.train import train
+from pipelines import tracking
+from pipelines.layout import outputs, stage_params
+from pipelines.params import ROOT, load_params, load_raw_params
+from pipelines.stages.common import json_dump, logger, resumable_checkpoints, run_stage, task_argument
+from pipelines.stages.sinks import ComputeClock, Progress, fan_out
+from pipelines.stages.stopping import stop_requests
+from pipelines.text_params import lora_settings, train_config
+from pipelines.text_tasks import decode_all, task_pairs, translation_scores
+
+SAMPLES = 5
+
+
+def write_lines(path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def finetune(model, params, raw: dict, name: str, encoded: dict, tokenizer, checkpoints: Path) -> tuple:
+    """The model trained on the task's pairs (LoRA merged back in), resuming finished checkpoints;
+    and its training figures."""
+    task = params.text_tasks[name]
+    lora = lora_settings(task, name)
+    model = add_lora(model, lora) if lora is not None else model
+    trainable, total = trainable_share(model)
+    recipe = train_config(params.finetune.train, task, name)
+    batches = pair_batches(encoded["train"], tokenizer.pad_id, params.finetune.length_buckets)
+
+    def evaluate(m) -> dict[str, float]:
+        nll, count = response_nll(m, encoded["validation"], tokenizer.pad_id, params.evaluate.batch_size)
+        return {"loss": nll / count, "perplexity": math.exp(nll / count)}
+
+    digest = hashlib.sha256((outputs("pretrain").model / WEIGHTS_NAME).read_bytes()).hexdigest()
+    fingerprint = resumable_checkpoints(checkpoints, stage_params(f"text_task@{name}", raw), tokenizer.sha256(), digest)
+    start = time.perf_counter()
+    with stop_requests() as should_stop:
+        result = train(
+            model, recipe, lambda g: batches(recipe.batch_size, g), response_loss, evaluate,
+            log=fan_out(tracking.metric_logger(), Progress(recipe.max_steps, f"text_task@{name}")),
+            checkpoint_dir=checkpoints, checkpoint_extra={"fingerprint": fingerprint}, should_stop=should_stop,
+        )  # fmt: skip
+    figures = {"steps": result.step, "trainable_parameters": trainable, "parameters": total}
+    figures |= {"lora_rank": 0 if lora is None else lora.rank, "seconds": time.perf_counter() - start}
+    return (merge_lora(model) if lora is not None else model).eval(), figures
+
+
+def score_test(model, params, name: str, pairs: dict, encoded: dict, tokenizer) -> tuple[dict, dict[str, list[str]]]:
+    """Response perplexity on validation and test, the test prompts decoded and scored; the
+    test's sources, references and hypotheses, line for line."""
+    task = params.text_tasks[name]
+    perplexity = {}
+    for split in ("validation", "test"):
+        nll, count = response_nll(model, encoded[split], tokenizer.pad_id, params.evaluate.batch_size)
+        perplexity[split] = math.exp(nll / count)
+    start = time.perf_counter()
+    lines = {"hypotheses": decode_all(model, tokenizer, encoded["test"], task.decode)}
+    decode_seconds = time.perf_counter() - start
+    lines["sources"] = [prompt.removeprefix(task.instruction) for prompt, _ in pairs["test"]]
+    lines["references"] = [response for _, response in pairs["test"]]
+    scores = translation_scores(
+        lines["hypotheses"], lines["references"], lines["sources"], params.evaluate.bootstrap_samples
+    )
+    metrics = {
+        "test": {**scores, "pairs": len(lines["references"]), "response_perplexity": perplexity["test"]},
+        "validation": {"response_perplexity": perplexity["validation"]},
+        "decode": {"beam_size": task.decode.beam_size, "max_new_tokens": task.decode.max_new_tokens},
+        "decode_seconds": decode_seconds,
+    }
+    return metrics, lines
+
+
+def main() -> None:
+    params = load_params()
+    name = task_argument(params, "text_tasks")
+    task, raw = params.text_tasks[name], load_raw_params()
+    out, tok, pretrained = outputs("text_task", name), outputs("tokenizer"), outputs("pretrain").model
+    out.dir.mkdir(parents=True, exist_ok=True)
+    logged = {f"text_tasks.{name}": raw["text_tasks"][name], "finetune.train": raw["finetune"]["train"]}
+    upstream = {"tokenizer": tok.dir, "pretrain": outputs("pretrain").dir}
+    with tracking.stage_run("text_task", params.tracking.experiment, logged, out.dir, upstream, task=name):
+        clock = ComputeClock()
+        with clock.measure():
+            tokenizer = load_tokenizer(tok.tokenizer, params.tokenizer.eot_token, params.tokenizer.pad_token)
+            model, config = load_model(pretrained)
+            if config.get("tokenizer_sha256") != tokenizer.sha256():
+                raise ValueError(f"{pretrained} was trained with another tokenizer (vocab mismatch): re-run pretrain")
+            pairs = task_pairs(task, ROOT)
+            encoded = {split: encode_pairs(tokenizer, rows, task.max_len) for split, rows in pairs.items()}
+            model, training = finetune(model, params, raw, name, encoded, tokenizer, out.checkpoints)
+            metrics, lines = score_test(model, params, name, pairs, encoded, tokenizer)
+            extra = {"tokenizer_sha256": tokenizer.sha256(), "eot_token": tokenizer.eot_token}
+            extra |= {"pad_token": tokenizer.pad_token, "template": PROMPT_RESPONSE, "instruction": task.instruction}
+            export_model(out.model, model, config["arch"], config["model"], tok.tokenizer, extra=extra)
+        metrics["training"] = training
+        for key, text in lines.items():
+            write_lines(getattr(out, key), text)
+        columns = zip(lines["sources"], lines["references"], lines["hypotheses"], strict=True)
+        write_lines(
+            out.samples, [f"source:     {s}\nreference:  {r}\nhypothesis: {h}\n" for s, r, h in columns][:SAMPLES]
+        )
+        json_dump(out.metrics, metrics)
+        tracking.log_metrics(metrics, prefix="final/")
+        tracking.log_metrics(clock.metrics())
+        tracking.log_artifacts(out.metrics, out.hypotheses, out.references, out.sources, out.samples)
+        if params.tracking.register_models:
+            example = pd.DataFrame({"text": [lines["sources"][0]]})
+            tracking.log_lmcore_model(out.model, "model", task.registered_name, example)
+        logger.info("text_task@%s: %s", name, {k: v for k, v in metrics["test"].items() if "signature" not in k})
+
+
+if __name__ == "__main__":
+    run_stage(main)

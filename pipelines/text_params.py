@@ -1,0 +1,90 @@
+"""params.yaml's `text_tasks` section: each prompt/response task's sources, budget and decoding,
+loaded strictly with the rest of params.yaml (pipelines/params.py); pipelines/text_tasks.py reads,
+decodes and scores them."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from lmcore.config import config_from_dict
+from lmcore.lora import LoraSettings
+from lmcore.train import TrainConfig
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class PairSourceParams:
+    path: str  # jsonl(.gz) of prompt/response or messages rows, or a parallel text's prompt side
+    split: Literal["train", "validation", "test"]
+    response_path: str | None = None  # a parallel text's response side, line for line with `path`
+
+
+@dataclass(frozen=True)
+class DecodeParams:
+    beam_size: int  # 1: greedy
+    max_new_tokens: int
+
+    def __post_init__(self) -> None:
+        if self.beam_size < 1 or self.max_new_tokens < 1:
+            raise ValueError(f"beam_size and max_new_tokens must be >= 1, got {self.beam_size}, {self.max_new_tokens}")
+
+
+@dataclass(frozen=True)
+class TextTaskParams:
+    """One text-to-text task: what `text_task@<name>` reads."""
+
+    metric: Literal["translation"]  # how test outputs are scored: translation is sacreBLEU's BLEU and chrF
+    sources: list[PairSourceParams]
+    instruction: str  # before every prompt, e.g. "Translate English to German: "
+    max_len: int  # tokens per rendered pair; a long prompt loses its start, a long response its end
+    test_subset: int  # the first N test pairs are decoded and scored; 0: all of them
+    train: dict[str, Any]  # this task's changes to finetune.train
+    lora: dict[str, Any]  # lmcore.lora.LoraSettings; rank 0: full finetuning
+    decode: DecodeParams
+    registered_name: str  # the MLflow model name of the finetuned model
+
+    def __post_init__(self) -> None:
+        given = {source.split for source in self.sources}
+        if missing := [split for split in SPLITS if split not in given]:
+            raise ValueError(f"sources name no {missing[0]} split: each of {list(SPLITS)} needs one")
+        if self.max_len < 8:
+            raise ValueError(f"max_len must be at least 8, got {self.max_len}")
+        if self.test_subset < 0:
+            raise ValueError(f"test_subset must be >= 0 (0 is every test pair), got {self.test_subset}")
+        if self.lora.get("rank", 0) < 0:
+            raise ValueError(f"lora.rank must be >= 0 (0 is full finetuning), got {self.lora['rank']}")
+
+
+def train_config(base: TrainConfig, task: TextTaskParams, name: str) -> TrainConfig:
+    """finetune.train with the task's changes; no early stopping unless the task asks (the
+    periodic evaluation reports the validation responses' loss, not finetune's accuracy)."""
+    values = {**dataclasses.asdict(base), "early_stopping_patience": 0, "early_stopping_metric": "loss"}
+    values |= {"early_stopping_mode": "min", **task.train}
+    if task.lora.get("rank", 0) > 0:
+        # The row shards (lmcore/sharding.py) backward through peft's adapted LSTM weights once
+        # each, and the first backward frees that graph: LoRA trains unsharded.
+        if task.train.get("batch_threads", 0) > 1:
+            raise ValueError(f"text_tasks.{name}.train.batch_threads must be 0 or 1 with LoRA (lora.rank > 0)")
+        values["batch_threads"] = 1
+    return config_from_dict(TrainConfig, values, f"text_tasks.{name}.train")
+
+
+def lora_settings(task: TextTaskParams, name: str) -> LoraSettings | None:
+    """The task's LoRA adapters, or None for full finetuning (rank 0)."""
+    values = {"rank": 0, **task.lora}
+    if values["rank"] == 0:
+        return None
+    return config_from_dict(LoraSettings, values, f"text_tasks.{name}.lora")
+
+
+def check_text_tasks(tasks: dict[str, TextTaskParams], base: TrainConfig, classifier_tasks: dict) -> None:
+    """Names DVC and paths can carry, apart from the classification tasks'; train and LoRA keys."""
+    for name, task in tasks.items():
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_]*", name) or name in classifier_tasks:
+            raise ValueError(f"text task name {name!r} must be lowercase letters, digits and _, and not a task's name")
+        train_config(base, task, name)
+        lora_settings(task, name)

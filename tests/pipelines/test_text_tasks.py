@@ -1,0 +1,121 @@
+"""Text-to-text tasks: their params, the three source formats and their errors, the scores."""
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.params import load_params
+from pipelines.text_params import PairSourceParams, lora_settings, train_config
+from pipelines.text_tasks import read_pairs, task_pairs, translation_scores
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_params(tmp_path: Path, change) -> Path:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    change(params["text_tasks"]["translate_en_de"], params)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_the_shipped_translation_task_reads_multi30k():
+    params = load_params(ROOT / "params.yaml")
+    task = params.text_tasks["translate_en_de"]
+    pairs = task_pairs(task, ROOT)
+    assert {split: len(rows) for split, rows in pairs.items()} == {"train": 29000, "validation": 1014, "test": 200}
+    prompt, response = pairs["test"][0]
+    assert prompt == "Translate English to German: A man in an orange hat starring at something."
+    assert response == "Ein Mann mit einem orangefarbenen Hut, der etwas anstarrt."
+    recipe = train_config(params.finetune.train, task, "translate_en_de")
+    assert (recipe.max_steps, recipe.batch_size, recipe.early_stopping_patience) == (300, 32, 0)
+    assert recipe.learning_rate == params.finetune.train.learning_rate  # the rest is finetune.train's
+    assert lora_settings(task, "translate_en_de") is None  # rank 0: full finetuning
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda t, p: t["sources"].pop(), "sources name no test split"),
+        (lambda t, p: t["train"].update(max_stepz=3), "text_tasks.translate_en_de.train"),
+        (lambda t, p: t["lora"].update(rank=-1), "lora.rank must be >= 0"),
+        (lambda t, p: t["lora"].update(rank=4, alpha=0), "LoRA alpha must be > 0"),
+        (lambda t, p: t["decode"].update(beam_size=0), "beam_size and max_new_tokens must be >= 1"),
+        (lambda t, p: t.update(metric="rouge"), "metric"),
+        (lambda t, p: p["text_tasks"].update(sst2=p["text_tasks"]["translate_en_de"]), "not a task's name"),
+    ],
+)
+def test_a_bad_text_task_is_refused_by_key(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message) as error:
+        load_params(write_params(tmp_path, change))
+    assert "params.yaml" in str(error.value)
+
+
+def test_lora_settings_come_from_params(tmp_path):
+    params = load_params(write_params(tmp_path, lambda t, p: t.update(lora={"rank": 4, "alpha": 8.0})))
+    task = params.text_tasks["translate_en_de"]
+    settings = lora_settings(task, "translate_en_de")
+    assert (settings.rank, settings.alpha) == (4, 8.0)
+    assert train_config(params.finetune.train, task, "translate_en_de").batch_threads == 1  # unsharded
+    with pytest.raises(ValueError, match="batch_threads must be 0 or 1 with LoRA"):
+        load_params(write_params(tmp_path, lambda t, p: t.update(lora={"rank": 4}, train={"batch_threads": 2})))
+
+
+def write_gz(path: Path, lines: list[str]) -> str:
+    path.write_bytes(gzip.compress("".join(line + "\n" for line in lines).encode()))
+    return path.name
+
+
+def test_each_source_format_gives_prompt_response_pairs(tmp_path):
+    prompts, responses = (
+        write_gz(tmp_path / "a.en.gz", ["one", "two"]),
+        write_gz(tmp_path / "a.de.gz", ["eins", "zwei"]),
+    )
+    parallel = PairSourceParams(path=prompts, split="train", response_path=responses)
+    assert read_pairs(parallel, tmp_path) == [("one", "eins"), ("two", "zwei")]
+    rows = [
+        {"prompt": "Q?", "response": "A."},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+    ]
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    assert read_pairs(PairSourceParams(path="rows.jsonl", split="test"), tmp_path) == [
+        ("Q?", "A."),
+        ("user: hi", "hello"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", r"rows.jsonl:2: not JSON"),
+        ('{"prompt": "Q?"}', r"rows.jsonl:2: a row needs 'prompt' and 'response', or 'messages'"),
+        ('{"prompt": "Q?", "response": 3}', r"rows.jsonl:2: 'prompt' and 'response' must be strings"),
+        ('{"messages": [{"role": "assistant", "content": "x"}]}', r"rows.jsonl:2: a chat needs at least one turn"),
+    ],
+)
+def test_a_bad_row_is_named_by_file_and_line(tmp_path, line, message):
+    (tmp_path / "rows.jsonl").write_text('{"prompt": "ok", "response": "ok"}\n' + line + "\n")
+    with pytest.raises(ValueError, match=message):
+        read_pairs(PairSourceParams(path="rows.jsonl", split="train"), tmp_path)
+
+
+def test_a_parallel_text_of_unequal_lengths_names_both_files(tmp_path):
+    source = PairSourceParams(
+        path=write_gz(tmp_path / "p.gz", ["a", "b"]), split="train", response_path=write_gz(tmp_path / "r.gz", ["x"])
+    )
+    with pytest.raises(ValueError, match="p.gz has 2 lines, r.gz 1"):
+        read_pairs(source, tmp_path)
+
+
+def test_translation_scores_rank_the_reference_above_copying_the_source():
+    references = ["ein Hund läuft über die Wiese", "zwei Männer spielen Fußball im Park", "eine Frau liest ein Buch"]
+    sources = ["a dog runs across the meadow", "two men play football in the park", "a woman reads a book"]
+    perfect = translation_scores(references, references, sources, bootstrap=100)
+    assert perfect["bleu"] == pytest.approx(100.0) and perfect["chrf"] == pytest.approx(100.0)
+    assert perfect["copy_source"]["bleu"] < 5 and perfect["copy_source"]["chrf"] < perfect["chrf"]
+    copied = translation_scores(sources, references, sources, bootstrap=100)
+    assert copied["bleu"] == perfect["copy_source"]["bleu"]
+    assert copied["bleu_ci_low"] <= copied["bleu"] + 1e-9 and "nrefs:1" in copied["bleu_signature"]
