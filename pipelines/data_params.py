@@ -166,12 +166,17 @@ class ValidateParams:
             raise ValueError(f"max_quarantined_share must be in [0, 1], got {self.max_quarantined_share}")
 
 
+def is_task_name(name: str) -> bool:
+    """A name DVC stage keys and output folders can carry (tasks, test sets, text tasks)."""
+    return re.fullmatch(r"[a-z0-9][a-z0-9_]*", name) is not None
+
+
 def check_tasks(tasks: dict[str, TaskParams], test_sets: dict[str, LabeledSetParams]) -> None:
     """Task names that DVC and file paths can carry; each task's test sets exist and share its label names."""
     if not tasks:
         raise ValueError("tasks is empty: name at least one downstream task")
     for name in {**tasks, **test_sets}:
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_]*", name):
+        if not is_task_name(name):
             raise ValueError(f"task or test set name {name!r} must be lowercase letters, digits and _")
     for name, task in tasks.items():
         for other in task.test_on:

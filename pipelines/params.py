@@ -195,16 +195,17 @@ def load_params(path: str | Path | None = None) -> Params:
             for arch in ARCHITECTURES
         }
         check_tasks(params.tasks, params.test_sets)
-        gpt_block = models["gpt"].block_size
         for name, task in params.tasks.items():
             params.finetune.train_for(task, name)  # an unknown or bad key names the task
-            if params.model.arch == "gpt" and task.max_len > gpt_block:
-                # finetune would refuse it, but only after the tokenizer and pretrain stages ran
-                raise ValueError(f"tasks.{name}.max_len={task.max_len} exceeds model.gpt.block_size={gpt_block}")
         check_text_tasks(params.text_tasks, params.finetune.train, params.tasks)
-        for name, task in params.text_tasks.items():
-            if params.model.arch == "gpt" and task.max_len > gpt_block:
-                raise ValueError(f"text_tasks.{name}.max_len={task.max_len} exceeds model.gpt.block_size={gpt_block}")
+        gpt_block = models["gpt"].block_size
+        for section in ("tasks", "text_tasks"):
+            for name, task in getattr(params, section).items():
+                if params.model.arch == "gpt" and task.max_len > gpt_block:
+                    # the stage would refuse it, but only after the tokenizer and pretrain stages ran
+                    raise ValueError(
+                        f"{section}.{name}.max_len={task.max_len} exceeds model.gpt.block_size={gpt_block}"
+                    )
         check_batch_threads(params)
         check_early_stopping(params)
         check_zero_shot(params)

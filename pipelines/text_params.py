@@ -5,13 +5,13 @@ decodes and scores them."""
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmcore.config import config_from_dict
 from lmcore.lora import LoraSettings
 from lmcore.train import TrainConfig
+from pipelines.data_params import is_task_name
 
 SPLITS = ("train", "validation", "test")
 
@@ -84,7 +84,7 @@ def lora_settings(task: TextTaskParams, name: str) -> LoraSettings | None:
 def check_text_tasks(tasks: dict[str, TextTaskParams], base: TrainConfig, classifier_tasks: dict) -> None:
     """Names DVC and paths can carry, apart from the classification tasks'; train and LoRA keys."""
     for name, task in tasks.items():
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_]*", name) or name in classifier_tasks:
+        if not is_task_name(name) or name in classifier_tasks:
             raise ValueError(f"text task name {name!r} must be lowercase letters, digits and _, and not a task's name")
         train_config(base, task, name)
         lora_settings(task, name)
