@@ -8,9 +8,12 @@ summary.json:
 - `curves.<task>`: [{labels, seed, model, accuracy}], the label-budget curve
 - `generalization.<task>.<test_set>`: {accuracy, ci_low, ci_high} of the task's finetuned classifier
 - `lm.<text>`: {bits_per_byte, xz_bits_per_byte, gzip_bits_per_byte, bytes}
-- `text_tasks.<task>`: `finetuned` {bleu, chrf, each with ci_low/ci_high (bootstrap 95%) and its
-  sacreBLEU signature, response_perplexity}, `copy_source` {bleu, chrf}, `pairs` (test pairs scored):
-  a section of its own, as in params.yaml, so `tasks` and `tasks_mean` stay classification's
+- `text_tasks.<task>`: `metric` (translation | dialogue), `finetuned` (the metric's scores, e.g.
+  translation's {bleu, chrf}, dialogue's {bleu1, bleu2, distinct_1, distinct_2, reference_distinct_1,
+  reference_distinct_2}, sacreBLEU's each with `_ci_low`/`_ci_high` (bootstrap 95%) and `_signature`,
+  and response_perplexity), `baselines.<name>` (the same headline scores: translation's copy_source,
+  dialogue's copy_last_turn and most_common_response), `pairs` (test pairs scored): a section of its
+  own, as in params.yaml, so `tasks` and `tasks_mean` stay classification's
 """
 
 from __future__ import annotations
@@ -24,9 +27,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pipelines.text_tasks import HEADLINE  # noqa: E402
+
 MODELS = ("finetuned", "scratch", "tfidf", "majority")
 SCORE_KEYS = ("accuracy", "macro_f1", "ci_low", "ci_high", "ece", "ece_calibrated")  # ece: neural models only
-TEXT_SCORE_KEYS = tuple(f"{m}{s}" for m in ("bleu", "chrf") for s in ("", "_ci_low", "_ci_high", "_signature"))
+TEXT_HEADINGS = {"bleu": "BLEU", "chrf": "chrF", "bleu1": "BLEU-1", "bleu2": "BLEU-2"}
+TEXT_HEADINGS |= {"distinct_1": "distinct-1", "distinct_2": "distinct-2"}
 
 
 def build_summary(
@@ -44,7 +50,7 @@ def build_summary(
         "tasks_mean": {
             m: float(np.mean([t[m]["accuracy"] for t in tasks.values()]))
             for m in MODELS
-            if all(m in t for t in tasks.values())
+            if tasks and all(m in t for t in tasks.values())
         },
         "paired": {
             name: {
@@ -70,8 +76,9 @@ def build_summary(
         "lm_eval": lm_eval or {},
         "text_tasks": {
             name: {
-                "finetuned": {k: m["test"][k] for k in (*TEXT_SCORE_KEYS, "response_perplexity")},
-                "copy_source": m["test"]["copy_source"],
+                "metric": m["metric"],
+                "finetuned": {k: v for k, v in m["test"].items() if k not in ("baselines", "pairs")},
+                "baselines": m["test"]["baselines"],
                 "pairs": m["test"]["pairs"],
             }
             for name, m in (text_results or {}).items()
@@ -221,21 +228,41 @@ def lm_eval_lines(summary: dict, command: str) -> list[str]:
     return [*lines, "", "By hand:", "", "```", command, "```"]
 
 
+def text_score(scores: dict, key: str) -> str:
+    if f"{key}_ci_low" in scores:
+        return f"{scores[key]:.2f} ({scores[f'{key}_ci_low']:.2f}-{scores[f'{key}_ci_high']:.2f})"
+    return f"{scores[key]:.3f}" if key.startswith("distinct") else f"{scores[key]:.2f}"
+
+
 def text_task_lines(summary: dict, text_samples: dict[str, str]) -> list[str]:
-    """Each text-to-text task's test scores beside copying the source, and its first samples."""
+    """One table per metric kind: each text-to-text task's test scores beside its baselines',
+    and the tasks' first samples."""
     if not summary["text_tasks"]:
         return []
-    lines = ["## Text-to-text tasks (test split)", ""]
-    lines += ["| task | pairs | BLEU (95% CI) | chrF (95% CI) | copy source BLEU / chrF | response ppl |"]
-    lines.append("|" + " --- |" * 6)
-    for name, entry in summary["text_tasks"].items():
-        f, c = entry["finetuned"], entry["copy_source"]
-        lines.append(
-            f"| {name} | {entry['pairs']:,} | {f['bleu']:.2f} ({f['bleu_ci_low']:.2f}-{f['bleu_ci_high']:.2f})"
-            f" | {f['chrf']:.2f} ({f['chrf_ci_low']:.2f}-{f['chrf_ci_high']:.2f}) | {c['bleu']:.2f} / {c['chrf']:.2f}"
-            f" | {f['response_perplexity']:.2f} |"
-        )
-    signatures = {e["finetuned"][f"{m}_signature"] for e in summary["text_tasks"].values() for m in ("bleu", "chrf")}
+    lines = ["## Text-to-text tasks (test split)"]
+    for kind in sorted({e["metric"] for e in summary["text_tasks"].values()}):
+        entries = {name: e for name, e in summary["text_tasks"].items() if e["metric"] == kind}
+        keys, baselines = HEADLINE[kind], list(next(iter(entries.values()))["baselines"])
+        heading = " / ".join(TEXT_HEADINGS[k] for k in keys)
+        lines += ["", f"{kind.capitalize()}, 95% bootstrap intervals in brackets:", ""]
+        lines += [
+            "| task | pairs | " + " | ".join(TEXT_HEADINGS[k] for k in keys) + " | response ppl | "
+            + " | ".join(f"{b.replace('_', ' ')}: {heading}" for b in baselines) + " |",
+            "|" + " --- |" * (3 + len(keys) + len(baselines)),
+        ]  # fmt: skip
+        for name, entry in entries.items():
+            f = entry["finetuned"]
+            cells = [text_score(f, k) for k in keys] + [f"{f['response_perplexity']:.2f}"]
+            cells += [" / ".join(text_score(entry["baselines"][b], k) for k in keys) for b in baselines]
+            lines.append(f"| {name} | {entry['pairs']:,} | " + " | ".join(cells) + " |")
+        if kind == "dialogue":
+            lines += ["", "The references' own distinct-1 / distinct-2: " + "; ".join(
+                f"{n} {e['finetuned']['reference_distinct_1']:.3f} / {e['finetuned']['reference_distinct_2']:.3f}"
+                for n, e in entries.items()
+            )]  # fmt: skip
+    signatures = {
+        v for e in summary["text_tasks"].values() for k, v in e["finetuned"].items() if k.endswith("_signature")
+    }
     lines += ["", "sacreBLEU signatures: " + "; ".join(f"`{s}`" for s in sorted(signatures))]
     for name, text in text_samples.items():
         lines += ["", f"Samples, {name}:", "", "```", text.rstrip("\n"), "```"]

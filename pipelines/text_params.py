@@ -18,9 +18,23 @@ SPLITS = ("train", "validation", "test")
 
 @dataclass(frozen=True)
 class PairSourceParams:
-    path: str  # jsonl(.gz) of prompt/response or messages rows, or a parallel text's prompt side
+    path: str  # jsonl(.gz) of prompt/response or messages rows, a parallel text's prompt side, or dialogues
     split: Literal["train", "validation", "test"]
     response_path: str | None = None  # a parallel text's response side, line for line with `path`
+    turn_separator: str | None = None  # set: `path` holds one dialogue a line, its turns ended by this
+    history_turns: int = 0  # a dialogue's pairs: the last N turns before each turn; 0: all of them
+
+    def __post_init__(self) -> None:
+        if self.response_path is not None and self.turn_separator is not None:
+            raise ValueError(
+                f"{self.path}: a source is a parallel text (response_path) or dialogues (turn_separator), not both"
+            )
+        if self.turn_separator is not None and not self.turn_separator.strip():
+            raise ValueError(f"{self.path}: turn_separator must be a visible marker, got {self.turn_separator!r}")
+        if self.history_turns < 0:
+            raise ValueError(
+                f"{self.path}: history_turns must be >= 0 (0 is the whole history), got {self.history_turns}"
+            )
 
 
 @dataclass(frozen=True)
@@ -37,7 +51,9 @@ class DecodeParams:
 class TextTaskParams:
     """One text-to-text task: what `text_task@<name>` reads."""
 
-    metric: Literal["translation"]  # how test outputs are scored: translation is sacreBLEU's BLEU and chrF
+    # How test outputs are scored (pipelines/text_tasks.py): translation is sacreBLEU's BLEU and chrF;
+    # dialogue is BLEU-1 and BLEU-2 and distinct-1 and distinct-2
+    metric: Literal["translation", "dialogue"]
     sources: list[PairSourceParams]
     instruction: str  # before every prompt, e.g. "Translate English to German: "
     max_len: int  # tokens per rendered pair; a long prompt loses its start, a long response its end

@@ -3,16 +3,27 @@ finetuned through lmcore's template with the loss on the response (lmcore/text_t
 decoded on the test split and scored.
 
 A source is a parallel text (`path` holds the prompts, `response_path` the responses, one per
-line, optionally gzipped) or a jsonl(.gz) of `{"prompt", "response"}` or chat-style
-`{"messages": [{"role", "content"}, ...]}` rows. Each prompt is prefixed by the task's
-`instruction`. Translation is scored with sacreBLEU (BLEU and chrF with their signatures and
-bootstrap 95% intervals) beside copying the source, the baseline any system must beat.
+line, optionally gzipped), a jsonl(.gz) of `{"prompt", "response"}` or chat-style
+`{"messages": [{"role", "content"}, ...]}` rows, or dialogues (one a line, each turn ended by
+`turn_separator`, as DailyDialog's `__eou__`): every turn after the first is the response to the
+`history_turns` turns before it, one line each. Each prompt is prefixed by the task's
+`instruction`.
+
+Scores, each beside the baselines any system must beat, scored the same way:
+- translation: sacreBLEU's BLEU and chrF, with their signatures and bootstrap 95% intervals;
+  baseline: copying the source.
+- dialogue: BLEU-1 and BLEU-2 (sacreBLEU's corpus BLEU up to 1- and 2-grams, signatures and
+  intervals as above), and distinct-1 and distinct-2 (Li et al., NAACL 2016: the distinct n-grams
+  of all responses over their count, after sacreBLEU's 13a tokenization, lowercased), beside the
+  references' own distinct-n; baselines: repeating the last turn, and answering every prompt with
+  the training split's most common response.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +49,31 @@ def jsonl_pair(row: Any, where: str) -> tuple[str, str]:
     return row["prompt"], row["response"]
 
 
+def dialogue_pairs(source: PairSourceParams, lines: list[str]) -> list[tuple[str, str]]:
+    """Each turn after a dialogue's first, as the response to the turns before it (the last
+    `history_turns` of them, one line each)."""
+    pairs = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        turns = [turn.strip() for turn in line.split(source.turn_separator)]
+        turns = turns[:-1] if not turns[-1] else turns  # the separator ends each turn, the last one too
+        if len(turns) < 2 or not all(turns):
+            raise ValueError(
+                f"{source.path}:{number}: a dialogue needs two or more non-empty turns, each ended by"
+                f" {source.turn_separator!r}"
+            )
+        for i in range(1, len(turns)):
+            first = max(0, i - source.history_turns) if source.history_turns else 0
+            pairs.append(("\n".join(turns[first:i]), turns[i]))
+    return pairs
+
+
 def read_pairs(source: PairSourceParams, root: Path) -> list[tuple[str, str]]:
     """(prompt, response) of each example of one source; errors name the file and the line."""
     path = root / source.path
+    if source.turn_separator is not None:
+        return dialogue_pairs(source, read_lines(path))
     if source.response_path is not None:
         prompts, responses = read_lines(path), read_lines(root / source.response_path)
         if len(prompts) != len(responses):
@@ -84,14 +117,27 @@ def decode_all(model, tokenizer: TextTokenizer, examples: PromptResponses, decod
     return hypotheses
 
 
-def corpus_scores(hypotheses: list[str], references: list[str], bootstrap: int) -> dict[str, Any]:
-    """sacreBLEU's BLEU and chrF, each with its signature and a bootstrap 95% interval."""
+def sacrebleu_metrics(kind: str) -> dict[str, Any]:
     import sacrebleu
 
+    if kind == "translation":
+        return {"bleu": sacrebleu.BLEU(), "chrf": sacrebleu.CHRF()}
+    return {"bleu1": sacrebleu.BLEU(max_ngram_order=1), "bleu2": sacrebleu.BLEU(max_ngram_order=2)}
+
+
+# What summary.json and the run's metrics carry of each kind's scores, headline first.
+HEADLINE = {"translation": ("bleu", "chrf"), "dialogue": ("bleu1", "bleu2", "distinct_1", "distinct_2")}
+
+
+def corpus_scores(
+    hypotheses: list[str], references: list[str], bootstrap: int, kind: str = "translation"
+) -> dict[str, Any]:
+    """sacreBLEU's scores of a metric kind (translation: BLEU and chrF; dialogue: BLEU-1 and
+    BLEU-2), each with its signature and a bootstrap 95% interval."""
     if bootstrap < 2:
         raise ValueError(f"a bootstrap interval needs at least 2 resamples, got {bootstrap}")
     scores: dict[str, Any] = {}
-    for name, metric in (("bleu", sacrebleu.BLEU()), ("chrf", sacrebleu.CHRF())):
+    for name, metric in sacrebleu_metrics(kind).items():
         result = metric.corpus_score(hypotheses, [references], n_bootstrap=bootstrap)
         scores[name] = round(result.score, 2)
         scores[f"{name}_ci_low"] = round(float(result._mean - result._ci), 2)
@@ -100,9 +146,60 @@ def corpus_scores(hypotheses: list[str], references: list[str], bootstrap: int) 
     return scores
 
 
+def distinct(texts: list[str], n: int) -> float:
+    """Distinct-n: the distinct n-grams of all texts over their count (0 when there are none)."""
+    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+
+    tokenize = Tokenizer13a()
+    grams: Counter[tuple[str, ...]] = Counter()
+    for text in texts:
+        words = tokenize(text.lower()).split()
+        grams.update(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+    return round(len(grams) / sum(grams.values()), 4) if grams else 0.0
+
+
+def kind_scores(hypotheses: list[str], references: list[str], bootstrap: int, kind: str) -> dict[str, Any]:
+    scores = corpus_scores(hypotheses, references, bootstrap, kind)
+    if kind == "dialogue":
+        scores |= {f"distinct_{n}": distinct(hypotheses, n) for n in (1, 2)}
+    return scores
+
+
 def translation_scores(
     hypotheses: list[str], references: list[str], sources: list[str], bootstrap: int
 ) -> dict[str, Any]:
     """The model's scores and copying the source's (scored the same way), the floor to beat."""
-    copied = corpus_scores(sources, references, bootstrap)
-    return {**corpus_scores(hypotheses, references, bootstrap), "copy_source": {k: copied[k] for k in ("bleu", "chrf")}}
+    copied = kind_scores(sources, references, bootstrap, "translation")
+    baselines = {"copy_source": {k: copied[k] for k in HEADLINE["translation"]}}
+    return {**kind_scores(hypotheses, references, bootstrap, "translation"), "baselines": baselines}
+
+
+def dialogue_scores(
+    hypotheses: list[str], references: list[str], histories: list[str], common_response: str, bootstrap: int
+) -> dict[str, Any]:
+    """The model's BLEU-1/2 and distinct-1/2, the references' distinct-n, and the baselines':
+    repeating the history's last turn, and the training split's most common response."""
+    baselines = {
+        "copy_last_turn": [history.rsplit("\n", 1)[-1] for history in histories],
+        "most_common_response": [common_response] * len(references),
+    }
+    scores = kind_scores(hypotheses, references, bootstrap, "dialogue")
+    scores |= {f"reference_distinct_{n}": distinct(references, n) for n in (1, 2)}
+    scores["baselines"] = {}
+    for name, outputs in baselines.items():
+        scored = kind_scores(outputs, references, bootstrap, "dialogue")
+        scores["baselines"][name] = {k: scored[k] for k in HEADLINE["dialogue"]}
+    scores["baselines"]["most_common_response"]["response"] = common_response
+    return scores
+
+
+def score_outputs(
+    task: TextTaskParams, pairs: dict[str, list[tuple[str, str]]], hypotheses: list[str], bootstrap: int
+) -> dict[str, Any]:
+    """The test split's scores of the task's metric kind, with its baselines."""
+    sources = [prompt.removeprefix(task.instruction) for prompt, _ in pairs["test"]]
+    references = [response for _, response in pairs["test"]]
+    if task.metric == "translation":
+        return translation_scores(hypotheses, references, sources, bootstrap)
+    common = Counter(response for _, response in pairs["train"]).most_common(1)[0][0]
+    return dialogue_scores(hypotheses, references, sources, common, bootstrap)

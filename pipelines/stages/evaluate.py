@@ -32,6 +32,7 @@ from pipelines.report import build_summary, plot_curve, plot_generality, render_
 from pipelines.stages.common import json_dump, logger, run_stage
 from pipelines.stages.sinks import ComputeClock
 from pipelines.stages.tokenizer import split_texts
+from pipelines.text_tasks import HEADLINE
 
 
 def lm_text_bytes(source: str) -> bytes:
@@ -159,7 +160,7 @@ def main() -> None:
             "tasks_mean": summary["tasks_mean"],
             "tasks": {t: {m: e["accuracy"] for m, e in s.items()} for t, s in summary["tasks"].items()},
             "text_tasks": {
-                t: {m: e["finetuned"][m] for m in ("bleu", "chrf")} for t, e in summary["text_tasks"].items()
+                t: {m: e["finetuned"][m] for m in HEADLINE[e["metric"]]} for t, e in summary["text_tasks"].items()
             },
         }
         json_dump(out.metrics, metrics)

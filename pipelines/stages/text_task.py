@@ -6,8 +6,8 @@ rendered through lmcore's prompt/response template and trained with the loss on 
 perplexity is measured, the test prompts are decoded (greedy or beam search) and scored
 (pipelines/text_tasks.py). Outputs in outputs/text_tasks/<name>/: `model/` (its config says the
 template, so `lmcore generate` and the served model apply it), `hypotheses.txt` beside
-`references.txt` and `sources.txt` (one test pair per line, for re-scoring), `metrics.json`,
-`samples.txt`.
+`references.txt` and `sources.txt` (one test pair per line, for re-scoring; a newline inside a
+source, as between a dialogue's turns, is written `\\n`), `metrics.json`, `samples.txt`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pipelines.stages.common import json_dump, logger, resumable_checkpoints, ru
 from pipelines.stages.sinks import ComputeClock, Progress, fan_out
 from pipelines.stages.stopping import stop_requests
 from pipelines.text_params import lora_settings, train_config
-from pipelines.text_tasks import decode_all, task_pairs, translation_scores
+from pipelines.text_tasks import decode_all, score_outputs, task_pairs
 
 SAMPLES = 5
 
@@ -79,12 +79,12 @@ def score_test(model, params, name: str, pairs: dict, encoded: dict, tokenizer) 
     start = time.perf_counter()
     lines = {"hypotheses": decode_all(model, tokenizer, encoded["test"], task.decode)}
     decode_seconds = time.perf_counter() - start
-    lines["sources"] = [prompt.removeprefix(task.instruction) for prompt, _ in pairs["test"]]
+    scores = score_outputs(task, pairs, lines["hypotheses"], params.evaluate.bootstrap_samples)
+    # A dialogue's history spans lines: sources.txt writes each newline as the two characters \n.
+    lines["sources"] = [prompt.removeprefix(task.instruction).replace("\n", "\\n") for prompt, _ in pairs["test"]]
     lines["references"] = [response for _, response in pairs["test"]]
-    scores = translation_scores(
-        lines["hypotheses"], lines["references"], lines["sources"], params.evaluate.bootstrap_samples
-    )
     metrics = {
+        "metric": task.metric,
         "test": {**scores, "pairs": len(lines["references"]), "response_perplexity": perplexity["test"]},
         "validation": {"response_perplexity": perplexity["validation"]},
         "decode": {"beam_size": task.decode.beam_size, "max_new_tokens": task.decode.max_new_tokens},
@@ -127,7 +127,7 @@ def main() -> None:
         tracking.log_metrics(clock.metrics())
         tracking.log_artifacts(out.metrics, out.hypotheses, out.references, out.sources, out.samples)
         if params.tracking.register_models:
-            example = pd.DataFrame({"text": [lines["sources"][0]]})
+            example = pd.DataFrame({"text": [pairs["test"][0][0].removeprefix(task.instruction)]})
             tracking.log_lmcore_model(out.model, "model", task.registered_name, example)
         logger.info("text_task@%s: %s", name, {k: v for k, v in metrics["test"].items() if "signature" not in k})
 

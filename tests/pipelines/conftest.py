@@ -63,7 +63,13 @@ TINY_PARAMS = {
                 "checkpoint_interval": 6,
             },
             "decode": {"max_new_tokens": 8},
-        }
+        },
+        "dailydialog": {
+            "max_len": 32,
+            "test_subset": 8,
+            "train": {"max_steps": 6, "batch_size": 8, "warmup_steps": 2, "eval_interval": 6},
+            "decode": {"max_new_tokens": 8},
+        },
     },
 }
 # Two of the shipped tasks, one of each kind of source: a table with a fixed test file (sst2, also
@@ -111,6 +117,8 @@ def make_project(path: Path) -> Path:
     for split, lines in (("train", 300), ("val", 20), ("test_2016_flickr", 20)):
         for language in ("en", "de"):
             head_lines(data / f"multi30k/{split}.{language}.gz", path / f"data/multi30k/{split}.{language}.gz", lines)
+    for split, lines in (("train", 100), ("validation", 10), ("test", 10)):
+        head_lines(data / f"dailydialog/{split}.txt.gz", path / f"data/dailydialog/{split}.txt.gz", lines)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["tasks"] = {name: deep_update(params["tasks"][name], changes) for name, changes in TINY_TASKS.items()}
     params["test_sets"] = {"mr": params["test_sets"]["mr"]}

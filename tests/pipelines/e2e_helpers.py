@@ -7,7 +7,7 @@ import json
 import warnings
 
 TASKS = ["sst2", "trec"]  # the tiny project's (tests/pipelines/conftest.py)
-TEXT_TASKS = ["translate_en_de"]  # the tiny project's and params.yaml's
+TEXT_TASKS = ["translate_en_de", "dailydialog"]  # the tiny project's and params.yaml's
 
 
 def stage_names(tasks: list[str], text_tasks: list[str] = TEXT_TASKS) -> list[str]:

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from lmcore.checkpoint import load_folder_tokenizer, load_model
+from pipelines.text_tasks import HEADLINE
 from tests.lmcore.helpers import open_in_transformers
 from tests.pipelines.conftest import ROOT, dvc, project_env
 from tests.pipelines.e2e_helpers import STAGES, TASKS, mlflow_client, stage_runs, strict_json
@@ -56,13 +57,20 @@ def test_outputs_and_dvc_metrics(tiny_project):
 def test_summary_json_has_its_documented_schema(tiny_project):
     summary = strict_json(tiny_project / "outputs/evaluate/summary.json")
     assert set(summary) == {"tasks", "tasks_mean", "paired", "curves", "generalization", "lm", "lm_eval", "text_tasks"}
-    translation = summary["text_tasks"]["translate_en_de"]
-    assert set(translation) == {"finetuned", "copy_source", "pairs"} and translation["pairs"] == 8
-    scores = translation["finetuned"]
-    for metric in ("bleu", "chrf"):
-        assert scores[f"{metric}_ci_low"] <= scores[metric] <= scores[f"{metric}_ci_high"] + 1e-6
-        assert "version:" in scores[f"{metric}_signature"] and metric in translation["copy_source"]
-    assert scores["response_perplexity"] > 1
+    for name, metric, baselines in (
+        ("translate_en_de", "translation", {"copy_source"}),
+        ("dailydialog", "dialogue", {"copy_last_turn", "most_common_response"}),
+    ):
+        entry = summary["text_tasks"][name]
+        assert set(entry) == {"metric", "finetuned", "baselines", "pairs"} and entry["pairs"] == 8
+        assert entry["metric"] == metric and set(entry["baselines"]) == baselines
+        scores = entry["finetuned"]
+        for score in HEADLINE[metric]:
+            if score.startswith("bleu") or score == "chrf":
+                assert scores[f"{score}_ci_low"] <= scores[score] <= scores[f"{score}_ci_high"] + 1e-6
+                assert "version:" in scores[f"{score}_signature"]
+            assert all(score in baseline for baseline in entry["baselines"].values())
+        assert scores["response_perplexity"] > 1
     for task in TASKS:
         for model in ("finetuned", "scratch", "tfidf", "majority"):
             entry = summary["tasks"][task][model]
@@ -172,6 +180,24 @@ def test_a_text_task_writes_aligned_outputs(tiny_project):
     run = runs["text_task@translate_en_de"]
     assert run.data.tags["upstream.pretrain"] == runs["pretrain"].info.run_id
     assert "final/test.bleu" in run.data.metrics and "val/loss" in run.data.metrics
+
+
+def test_a_dialogue_task_answers_each_test_turn_from_its_history(tiny_project):
+    """DailyDialog's test turns: sources.txt holds each history (its turns joined by a written
+    \\n), references.txt the turn that followed; the run and its registered model are tracked."""
+    out = tiny_project / "outputs/text_tasks/dailydialog"
+    sources, references, hypotheses = (
+        (out / f"{name}.txt").read_text(encoding="utf-8").splitlines()
+        for name in ("sources", "references", "hypotheses")
+    )
+    first = gzip.open(tiny_project / "data/dailydialog/test.txt.gz", "rt").readline().split("__eou__")
+    assert len(sources) == len(references) == len(hypotheses) == 8
+    assert (sources[0], references[0]) == (first[0].strip(), first[1].strip())
+    assert sources[2] == first[0].strip() + "\\n" + first[1].strip()  # two turns of history
+    metrics = strict_json(out / "metrics.json")
+    assert metrics["metric"] == "dialogue" and 0 <= metrics["test"]["distinct_1"] <= 1
+    run = stage_runs(tiny_project)["text_task@dailydialog"]
+    assert "final/test.bleu2" in run.data.metrics and "final/test.baselines.copy_last_turn.bleu1" in run.data.metrics
 
 
 def test_a_text_task_with_lora_trains_adapters_and_saves_the_merged_model(tiny_project):

@@ -1,4 +1,4 @@
-"""Text-to-text tasks: their params, the three source formats and their errors, the scores."""
+"""Text-to-text tasks: their params, the four source formats and their errors, the scores."""
 
 import gzip
 import json
@@ -9,7 +9,7 @@ import yaml
 
 from pipelines.params import load_params
 from pipelines.text_params import PairSourceParams, lora_settings, train_config
-from pipelines.text_tasks import read_pairs, task_pairs, translation_scores
+from pipelines.text_tasks import dialogue_scores, distinct, read_pairs, task_pairs, translation_scores
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,6 +34,20 @@ def test_the_shipped_translation_task_reads_multi30k():
     assert (recipe.max_steps, recipe.batch_size, recipe.early_stopping_patience) == (300, 32, 0)
     assert recipe.learning_rate == params.finetune.train.learning_rate  # the rest is finetune.train's
     assert lora_settings(task, "translate_en_de") is None  # rank 0: full finetuning
+
+
+def test_the_shipped_dialogue_task_reads_dailydialog_turn_by_turn():
+    task = load_params(ROOT / "params.yaml").text_tasks["dailydialog"]
+    pairs = task_pairs(task, ROOT)
+    # 87,170 training turns of 11,118 dialogues: every turn but each dialogue's first is a response
+    assert {split: len(rows) for split, rows in pairs.items()} == {"train": 76052, "validation": 7069, "test": 200}
+    assert pairs["test"][0] == ("Reply to the conversation:\nHey man , you wanna buy some weed ?", "Some what ?")
+    prompt, response = pairs["test"][3]  # two turns of history, one line each
+    assert prompt.split("\n")[1:] == [
+        "Weed ! You know ? Pot , Ganja , Mary Jane some chronic !",
+        "Oh , umm , no thanks .",
+    ]
+    assert response == "I also have blow if you prefer to do a few lines ."
 
 
 @pytest.mark.parametrize(
@@ -115,7 +129,85 @@ def test_translation_scores_rank_the_reference_above_copying_the_source():
     sources = ["a dog runs across the meadow", "two men play football in the park", "a woman reads a book"]
     perfect = translation_scores(references, references, sources, bootstrap=100)
     assert perfect["bleu"] == pytest.approx(100.0) and perfect["chrf"] == pytest.approx(100.0)
-    assert perfect["copy_source"]["bleu"] < 5 and perfect["copy_source"]["chrf"] < perfect["chrf"]
+    copy_source = perfect["baselines"]["copy_source"]
+    assert copy_source["bleu"] < 5 and copy_source["chrf"] < perfect["chrf"]
     copied = translation_scores(sources, references, sources, bootstrap=100)
-    assert copied["bleu"] == perfect["copy_source"]["bleu"]
+    assert copied["bleu"] == copy_source["bleu"]
     assert copied["bleu_ci_low"] <= copied["bleu"] + 1e-9 and "nrefs:1" in copied["bleu_signature"]
+
+
+def test_a_dialogue_gives_one_pair_per_turn_after_the_first(tmp_path):
+    write_gz(
+        tmp_path / "d.gz",
+        ["Hi . __eou__ Hello ! __eou__ How are you ? __eou__ Fine . __eou__", "", "A __eou__ B __eou__"],
+    )
+    whole = read_pairs(PairSourceParams(path="d.gz", split="train", turn_separator="__eou__"), tmp_path)
+    assert whole == [
+        ("Hi .", "Hello !"),
+        ("Hi .\nHello !", "How are you ?"),
+        ("Hi .\nHello !\nHow are you ?", "Fine ."),
+        ("A", "B"),
+    ]
+    last = read_pairs(PairSourceParams(path="d.gz", split="train", turn_separator="__eou__", history_turns=1), tmp_path)
+    assert [prompt for prompt, _ in last] == ["Hi .", "Hello !", "How are you ?", "A"]
+
+
+@pytest.mark.parametrize("line", ["Only one turn . __eou__", "A __eou__ __eou__ B __eou__"])
+def test_a_dialogue_without_two_turns_is_named_by_file_and_line(tmp_path, line):
+    write_gz(tmp_path / "d.gz", ["A __eou__ B __eou__", line])
+    with pytest.raises(ValueError, match=r"d.gz:2: a dialogue needs two or more non-empty turns"):
+        read_pairs(PairSourceParams(path="d.gz", split="train", turn_separator="__eou__"), tmp_path)
+
+
+def test_a_source_is_parallel_text_or_dialogues_not_both():
+    with pytest.raises(ValueError, match="a.gz: a source is a parallel text .* or dialogues"):
+        PairSourceParams(path="a.gz", split="train", response_path="b.gz", turn_separator="__eou__")
+    with pytest.raises(ValueError, match="history_turns must be >= 0"):
+        PairSourceParams(path="a.gz", split="train", turn_separator="__eou__", history_turns=-1)
+
+
+def test_distinct_n_counts_distinct_ngrams_over_all_ngrams():
+    assert distinct(["a b a b"], 1) == 0.5  # 2 of 4 unigrams
+    assert distinct(["a b a b"], 2) == pytest.approx(0.6667)  # ab, ba, ab
+    assert distinct(["Yes .", "yes ."], 2) == 0.5  # lowercased, 13a-tokenized
+    assert distinct(["one"], 2) == 0.0  # no bigram at all
+
+
+def test_dialogue_scores_rank_the_references_above_both_baselines():
+    references = ["You are welcome .", "Fine , and you ?", "Yes , please , with milk ."]
+    histories = ["Thanks a lot .", "Hello .\nHow are you ?", "Do you want tea ?"]
+    perfect = dialogue_scores(references, references, histories, "Thank you .", bootstrap=100)
+    assert perfect["bleu1"] == pytest.approx(100.0) and perfect["bleu2"] == pytest.approx(100.0)
+    assert (perfect["distinct_1"], perfect["distinct_2"]) == (
+        perfect["reference_distinct_1"],
+        perfect["reference_distinct_2"],
+    )
+    copied, common = perfect["baselines"]["copy_last_turn"], perfect["baselines"]["most_common_response"]
+    repeated = dialogue_scores([h.split("\n")[-1] for h in histories], references, histories, "Thank you .", 100)
+    assert {k: repeated[k] for k in copied} == copied  # the baseline is the last turn, scored the same way
+    assert common["response"] == "Thank you ." and common["distinct_1"] == pytest.approx(1 / 3, abs=1e-4)
+    assert max(copied["bleu2"], common["bleu2"]) < 20 < perfect["bleu2"]
+
+
+def test_the_summary_and_report_carry_each_metric_kinds_scores_and_baselines():
+    from pipelines.report import build_summary, text_task_lines
+
+    references = ["ein Hund läuft über die Wiese", "zwei Männer spielen Fußball im Park"]
+    sources = ["a dog runs across the meadow", "two men play football in the park"]
+    translation = translation_scores(references, references, sources, bootstrap=50)
+    dialogue = dialogue_scores(["Yes ."], ["Yes , please ."], ["Tea ?"], "Thank you .", bootstrap=50)
+    metrics = {
+        name: {"metric": kind, "test": {**scores, "pairs": 2, "response_perplexity": 3.5}}
+        for name, kind, scores in (("translate", "translation", translation), ("chat", "dialogue", dialogue))
+    }
+    summary = build_summary({}, {}, text_results=metrics)["text_tasks"]
+    assert summary["translate"]["metric"] == "translation" and set(summary["chat"]["baselines"]) == {
+        "copy_last_turn",
+        "most_common_response",
+    }
+    assert summary["chat"]["finetuned"]["distinct_2"] == dialogue["distinct_2"]
+    assert "baselines" not in summary["chat"]["finetuned"] and summary["chat"]["pairs"] == 2
+    report = "\n".join(text_task_lines({"text_tasks": summary}, {"chat": "history: Tea ?"}))
+    assert "| translate | 2 | 100.00 (" in report and "copy source: BLEU / chrF" in report
+    assert "| chat | 2 | " in report and "most common response: BLEU-1 / BLEU-2 / distinct-1 / distinct-2" in report
+    assert "The references' own distinct-1 / distinct-2: chat" in report and "history: Tea ?" in report
