@@ -23,7 +23,7 @@ from lmcore.sharding import batch_threads_problem
 from lmcore.tokenizer import TokenizerConfig
 from lmcore.train import TrainConfig
 from pipelines.data_params import CorpusParams, DataParams, LabeledSetParams, TaskParams, ValidateParams, check_tasks
-from pipelines.text_params import TextTaskParams, check_text_tasks
+from pipelines.text_params import QaParams, TextTaskParams, check_text_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILE = "params.yaml"
@@ -171,6 +171,7 @@ class Params:
     tasks: dict[str, TaskParams]
     test_sets: dict[str, LabeledSetParams]
     text_tasks: dict[str, TextTaskParams]
+    qa: QaParams
     finetune: FinetuneParams
     evaluate: EvaluateParams
     tracking: TrackingParams

@@ -14,6 +14,9 @@ summary.json:
   and response_perplexity), `baselines.<name>` (the same headline scores: translation's copy_source,
   dialogue's copy_last_turn and most_common_response), `pairs` (test pairs scored): a section of its
   own, as in params.yaml, so `tasks` and `tasks_mean` stay classification's
+- `qa`: `questions` (how many), `models.<model>` {exact_match, f1, each with `_ci_low`/`_ci_high`
+  (bootstrap 95%, in percent)} for `zero_shot` (the pretrained LM) and each text task's model,
+  `baselines.best_sentence` (the same scores): extractive questions no model was trained on
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ def build_summary(
     lm: dict[str, dict],
     lm_eval: dict[str, dict] | None = None,
     text_results: dict[str, dict] | None = None,
+    qa: dict | None = None,
 ) -> dict:
     tasks = {
         name: {m: {k: r["test"][m][k] for k in SCORE_KEYS if k in r["test"][m]} for m in MODELS if m in r["test"]}
@@ -83,6 +87,7 @@ def build_summary(
             }
             for name, m in (text_results or {}).items()
         },
+        "qa": qa or {},
     }
     return summary
 
@@ -269,6 +274,20 @@ def text_task_lines(summary: dict, text_samples: dict[str, str]) -> list[str]:
     return lines
 
 
+def qa_lines(summary: dict, qa_samples: str) -> list[str]:
+    """Exact match and F1 of each model on the questions none was trained on, beside the baseline."""
+    if not summary["qa"]:
+        return []
+    qa = summary["qa"]
+    lines = [f"## Question answering, never trained on ({qa['questions']:,} questions)", ""]
+    lines += ["| model | exact match (95% CI) | F1 (95% CI) |", "| --- | --- | --- |"]
+    rows = {**qa["models"], **{f"baseline: {b.replace('_', ' ')}": s for b, s in qa["baselines"].items()}}
+    for name, s in rows.items():
+        cells = [f"{s[k]:.2f} ({s[f'{k}_ci_low']:.2f}-{s[f'{k}_ci_high']:.2f})" for k in ("exact_match", "f1")]
+        lines.append(f"| {name.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    return [*lines, "", "Samples:", "", "```", qa_samples.rstrip("\n"), "```"]
+
+
 def data_lines(data_counts: dict) -> list[str]:
     columns = ("read", "repaired_mojibake", "repaired_markup", "quarantined", "duplicates_dropped", "kept")
     lines = ["## Data: repairs and quarantine per source", ""]
@@ -289,6 +308,7 @@ def render_report(
     samples: list[str],
     lm_eval_command: str = "",
     text_samples: dict[str, str] | None = None,
+    qa_samples: str = "",
 ) -> str:
     sections = [generality_lines(summary), generalization_lines(summary), calibration_lines(summary)]
     sections += [curve_lines(name, r) for name, r in results.items() if r["curve"]]
@@ -296,6 +316,7 @@ def render_report(
         lm_lines(summary),
         lm_eval_lines(summary, lm_eval_command),
         text_task_lines(summary, text_samples or {}),
+        qa_lines(summary, qa_samples),
         data_lines(data_counts),
         ["## Plots", ""] + [f"![{p}](plots/{p})" for p in plots],
     ]

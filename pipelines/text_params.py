@@ -75,6 +75,25 @@ class TextTaskParams:
             raise ValueError(f"lora.rank must be >= 0 (0 is full finetuning), got {self.lora['rank']}")
 
 
+@dataclass(frozen=True)
+class QaParams:
+    """params.yaml's `qa`: extractive questions every model answers untrained (pipelines/qa.py)."""
+
+    path: str  # a SQuAD v1.1 JSON file (optionally gzipped)
+    questions: int  # how many, evenly spaced through the file; 0: all of them
+    instruction: str  # before the passage, in a prompt/response model's prompt
+    max_len: int  # prompt tokens: a longer passage loses its start
+    max_new_tokens: int
+
+    def __post_init__(self) -> None:
+        if self.questions < 0:
+            raise ValueError(f"qa.questions must be >= 0 (0 is every question), got {self.questions}")
+        if self.max_len < 16 or self.max_new_tokens < 1:
+            raise ValueError(
+                f"qa.max_len must be >= 16 and max_new_tokens >= 1, got {self.max_len}, {self.max_new_tokens}"
+            )
+
+
 def train_config(base: TrainConfig, task: TextTaskParams, name: str) -> TrainConfig:
     """finetune.train with the task's changes; no early stopping unless the task asks (the
     periodic evaluation reports the validation responses' loss, not finetune's accuracy)."""

@@ -124,6 +124,7 @@ def main() -> None:
     out.plots.mkdir(parents=True, exist_ok=True)
     upstream = {"pretrain": pretrained.dir, **{f"finetune@{t}": outputs("finetune", t).dir for t in params.tasks}}
     upstream |= {f"text_task@{t}": outputs("text_task", t).dir for t in params.text_tasks}
+    upstream["qa"] = outputs("qa").dir
     raw = load_raw_params()
     with tracking.stage_run("evaluate", params.tracking.experiment, {"evaluate": raw["evaluate"]}, out.dir, upstream):
         clock = ComputeClock()
@@ -138,6 +139,11 @@ def main() -> None:
         results = {name: json.loads(outputs("finetune", name).results.read_text()) for name in params.tasks}
         text_results = {name: json.loads(outputs("text_task", name).metrics.read_text()) for name in params.text_tasks}
         text_samples = {name: outputs("text_task", name).samples.read_text() for name in params.text_tasks}
+        qa = outputs("qa")
+        qa_results = json.loads(qa.metrics.read_text())
+        qa_results["models"] = {
+            m: {k: v for k, v in s.items() if k != "seconds"} for m, s in qa_results["models"].items()
+        }
         summary = build_summary(
             results,
             {
@@ -146,6 +152,7 @@ def main() -> None:
             },
             judged,
             text_results,
+            qa_results,
         )
         plots = [plot_pretraining(out), plot_generality(summary, out.plots / "generality.png")]
         plots += [
@@ -162,12 +169,14 @@ def main() -> None:
             "text_tasks": {
                 t: {m: e["finetuned"][m] for m in HEADLINE[e["metric"]]} for t, e in summary["text_tasks"].items()
             },
+            "qa": {m: {k: s[k] for k in ("exact_match", "f1")} for m, s in summary["qa"]["models"].items()},
         }
         json_dump(out.metrics, metrics)
         out.samples.write_text("\n".join(samples))
         report = render_report(
-            summary, results, data_counts(params), [p.name for p in plots], samples, judge_command, text_samples
-        )
+            summary, results, data_counts(params), [p.name for p in plots], samples, judge_command, text_samples,
+            qa.samples.read_text(encoding="utf-8"),
+        )  # fmt: skip
         out.report.write_text(report)
         tracking.log_metrics(metrics)
         tracking.log_metrics(clock.metrics())

@@ -51,6 +51,7 @@ TINY_PARAMS = {
     },
     "evaluate": {"num_windows": 40, "lm_text_windows": 40, "bootstrap_samples": 200, "samples": {"max_new_tokens": 20}},
     "tracking": {"experiment": "lmcore-test"},
+    "qa": {"questions": 8, "max_len": 64, "max_new_tokens": 4},
     "text_tasks": {
         "translate_en_de": {
             "max_len": 32,
@@ -117,6 +118,8 @@ def make_project(path: Path) -> Path:
     for split, lines in (("train", 300), ("val", 20), ("test_2016_flickr", 20)):
         for language in ("en", "de"):
             head_lines(data / f"multi30k/{split}.{language}.gz", path / f"data/multi30k/{split}.{language}.gz", lines)
+    (path / "data/xquad").mkdir(parents=True)
+    shutil.copy(data / "xquad/xquad.en.json.gz", path / "data/xquad/xquad.en.json.gz")
     for split, lines in (("train", 100), ("validation", 10), ("test", 10)):
         head_lines(data / f"dailydialog/{split}.txt.gz", path / f"data/dailydialog/{split}.txt.gz", lines)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -14,7 +14,7 @@ def stage_names(tasks: list[str], text_tasks: list[str] = TEXT_TASKS) -> list[st
     """The stages of dvc.yaml for these tasks, in the order DVC runs them."""
     per_task = [f"{stage}@{task}" for stage in ("prepare", "finetune") for task in tasks]
     per_text_task = [f"text_task@{task}" for task in text_tasks]
-    return ["ingest", "validate", "tokenizer", "pretrain", *per_task, *per_text_task, "export", "evaluate"]
+    return ["ingest", "validate", "tokenizer", "pretrain", *per_task, *per_text_task, "qa", "export", "evaluate"]
 
 
 STAGES = stage_names(TASKS)

@@ -14,10 +14,11 @@ import torch
 import yaml
 
 from lmcore.checkpoint import load_folder_tokenizer, load_model
+from pipelines.qa import read_squad
 from pipelines.text_tasks import HEADLINE
 from tests.lmcore.helpers import open_in_transformers
 from tests.pipelines.conftest import ROOT, dvc, project_env
-from tests.pipelines.e2e_helpers import STAGES, TASKS, mlflow_client, stage_runs, strict_json
+from tests.pipelines.e2e_helpers import STAGES, TASKS, TEXT_TASKS, mlflow_client, stage_runs, strict_json
 
 pytestmark = pytest.mark.e2e
 
@@ -56,7 +57,13 @@ def test_outputs_and_dvc_metrics(tiny_project):
 
 def test_summary_json_has_its_documented_schema(tiny_project):
     summary = strict_json(tiny_project / "outputs/evaluate/summary.json")
-    assert set(summary) == {"tasks", "tasks_mean", "paired", "curves", "generalization", "lm", "lm_eval", "text_tasks"}
+    assert set(summary) == {
+        "tasks", "tasks_mean", "paired", "curves", "generalization", "lm", "lm_eval", "text_tasks", "qa"
+    }  # fmt: skip
+    assert summary["qa"]["questions"] == 8 and set(summary["qa"]["models"]) == {"zero_shot", *TEXT_TASKS}
+    for scores in (*summary["qa"]["models"].values(), summary["qa"]["baselines"]["best_sentence"]):
+        assert set(scores) == {f"{m}{s}" for m in ("exact_match", "f1") for s in ("", "_ci_low", "_ci_high")}
+        assert 0 <= scores["f1_ci_low"] <= scores["f1"] <= scores["f1_ci_high"] <= 100
     for name, metric, baselines in (
         ("translate_en_de", "translation", {"copy_source"}),
         ("dailydialog", "dialogue", {"copy_last_turn", "most_common_response"}),
@@ -180,6 +187,29 @@ def test_a_text_task_writes_aligned_outputs(tiny_project):
     run = runs["text_task@translate_en_de"]
     assert run.data.tags["upstream.pretrain"] == runs["pretrain"].info.run_id
     assert "final/test.bleu" in run.data.metrics and "val/loss" in run.data.metrics
+
+
+def test_the_qa_stage_answers_every_question_with_every_model(tiny_project):
+    """outputs/qa/predictions/<model>.json maps each question id to an answer of one line, the
+    form SQuAD's evaluate-v1.1.py scores; the run links to pretraining and each text task."""
+    asked = [q.id for q in read_squad(tiny_project / "data/xquad/xquad.en.json.gz", limit=8)]
+    for model in ("zero_shot", *TEXT_TASKS):
+        predictions = strict_json(tiny_project / f"outputs/qa/predictions/{model}.json")
+        assert list(predictions) == asked
+        assert all(isinstance(p, str) and "\n" not in p for p in predictions.values())
+    assert (
+        "question: How many points did the Panthers defense surrender?"
+        in (tiny_project / "outputs/qa/samples.txt").read_text()
+    )
+    runs = stage_runs(tiny_project)
+    tags = runs["qa"].data.tags
+    assert tags["upstream.pretrain"] == runs["pretrain"].info.run_id
+    assert tags["upstream.text_task@dailydialog"] == runs["text_task@dailydialog"].info.run_id
+    assert "models.zero_shot.f1" in runs["qa"].data.metrics
+    assert (
+        "Question answering, never trained on (8 questions)"
+        in (tiny_project / "outputs/evaluate/report.md").read_text()
+    )
 
 
 def test_a_dialogue_task_answers_each_test_turn_from_its_history(tiny_project):

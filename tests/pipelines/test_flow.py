@@ -142,7 +142,7 @@ def test_overrides_are_applied_like_dvc_exp_run(tmp_path):
 
 
 def test_force_from_selects_the_stage_and_everything_after():
-    later = {"text_task@translate_en_de", "text_task@dailydialog", "export", "evaluate"}
+    later = {"text_task@translate_en_de", "text_task@dailydialog", "qa", "export", "evaluate"}
     assert stages_from(STAGES, "finetune") == {*(f"finetune@{task}" for task in TASKS), *later}
     assert stages_from(STAGES, "finetune@sms_spam") == {"finetune@sms_spam", "finetune@subj", *later}
     assert stages_from(STAGES, None) == set()
