@@ -12,7 +12,8 @@ summary.json:
   translation's {bleu, chrf}, dialogue's {bleu1, bleu2, distinct_1, distinct_2, reference_distinct_1,
   reference_distinct_2}, sacreBLEU's each with `_ci_low`/`_ci_high` (bootstrap 95%) and `_signature`,
   and response_perplexity), `baselines.<name>` (the same headline scores: translation's copy_source,
-  dialogue's copy_last_turn and most_common_response), `pairs` (test pairs scored): a section of its
+  dialogue's copy_last_turn and most_common_response), `pairs` (test pairs scored), `bytes_per_token`
+  {sources, references} (UTF-8 bytes per token of the test texts): a section of its
   own, as in params.yaml, so `tasks` and `tasks_mean` stay classification's
 - `qa`: `questions` (how many), `models.<model>` {exact_match, f1, each with `_ci_low`/`_ci_high`
   (bootstrap 95%, in percent)} for `zero_shot` (the pretrained LM) and each text task's model,
@@ -84,6 +85,7 @@ def build_summary(
                 "finetuned": {k: v for k, v in m["test"].items() if k not in ("baselines", "pairs")},
                 "baselines": m["test"]["baselines"],
                 "pairs": m["test"]["pairs"],
+                "bytes_per_token": m["bytes_per_token"],
             }
             for name, m in (text_results or {}).items()
         },
@@ -265,6 +267,9 @@ def text_task_lines(summary: dict, text_samples: dict[str, str]) -> list[str]:
                 f"{n} {e['finetuned']['reference_distinct_1']:.3f} / {e['finetuned']['reference_distinct_2']:.3f}"
                 for n, e in entries.items()
             )]  # fmt: skip
+    lines += ["", "Bytes per token of the test sources and references (the tokenizer learned the pretraining corpus): "
+              + "; ".join(f"{n} {e['bytes_per_token']['sources']:.2f} / {e['bytes_per_token']['references']:.2f}"
+                          for n, e in summary["text_tasks"].items())]  # fmt: skip
     signatures = {
         v for e in summary["text_tasks"].values() for k, v in e["finetuned"].items() if k.endswith("_signature")
     }

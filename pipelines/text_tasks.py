@@ -105,6 +105,13 @@ def task_pairs(task: TextTaskParams, root: Path) -> dict[str, list[tuple[str, st
     return splits
 
 
+def bytes_per_token(tokenizer: TextTokenizer, texts: list[str]) -> float:
+    """UTF-8 bytes per token of texts: how well the tokenizer (trained on the pretraining corpus)
+    fits a language."""
+    tokens = sum(len(tokenizer.encode(text)) for text in texts)
+    return round(sum(len(text.encode("utf-8")) for text in texts) / max(tokens, 1), 3)
+
+
 def decode_all(model, tokenizer: TextTokenizer, examples: PromptResponses, decode: DecodeParams) -> list[str]:
     """Each prompt's response, greedy or by beam search, up to the end-of-text token."""
     hypotheses = []

@@ -31,7 +31,7 @@ from pipelines.stages.common import json_dump, logger, resumable_checkpoints, ru
 from pipelines.stages.sinks import ComputeClock, Progress, fan_out
 from pipelines.stages.stopping import stop_requests
 from pipelines.text_params import lora_settings, train_config
-from pipelines.text_tasks import decode_all, score_outputs, task_pairs
+from pipelines.text_tasks import bytes_per_token, decode_all, score_outputs, task_pairs
 
 SAMPLES = 5
 
@@ -80,11 +80,16 @@ def score_test(model, params, name: str, pairs: dict, encoded: dict, tokenizer) 
     lines = {"hypotheses": decode_all(model, tokenizer, encoded["test"], task.decode)}
     decode_seconds = time.perf_counter() - start
     scores = score_outputs(task, pairs, lines["hypotheses"], params.evaluate.bootstrap_samples)
+    sources = [prompt.removeprefix(task.instruction) for prompt, _ in pairs["test"]]
     # A dialogue's history spans lines: sources.txt writes each newline as the two characters \n.
-    lines["sources"] = [prompt.removeprefix(task.instruction).replace("\n", "\\n") for prompt, _ in pairs["test"]]
+    lines["sources"] = [source.replace("\n", "\\n") for source in sources]
     lines["references"] = [response for _, response in pairs["test"]]
     metrics = {
         "metric": task.metric,
+        "bytes_per_token": {
+            "sources": bytes_per_token(tokenizer, sources),
+            "references": bytes_per_token(tokenizer, lines["references"]),
+        },
         "test": {**scores, "pairs": len(lines["references"]), "response_perplexity": perplexity["test"]},
         "validation": {"response_perplexity": perplexity["validation"]},
         "decode": {"beam_size": task.decode.beam_size, "max_new_tokens": task.decode.max_new_tokens},

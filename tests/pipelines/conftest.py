@@ -125,6 +125,7 @@ def make_project(path: Path) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["tasks"] = {name: deep_update(params["tasks"][name], changes) for name, changes in TINY_TASKS.items()}
     params["test_sets"] = {"mr": params["test_sets"]["mr"]}
+    params["text_tasks"] = {name: params["text_tasks"][name] for name in TINY_PARAMS["text_tasks"]}
     zero_shot = params["evaluate"]["lm_eval"]["zero_shot"]
     params["evaluate"]["lm_eval"]["zero_shot"] = {name: zero_shot[name] for name in TINY_TASKS}
     deep_update(params, TINY_PARAMS)

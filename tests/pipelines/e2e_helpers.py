@@ -7,7 +7,7 @@ import json
 import warnings
 
 TASKS = ["sst2", "trec"]  # the tiny project's (tests/pipelines/conftest.py)
-TEXT_TASKS = ["translate_en_de", "dailydialog"]  # the tiny project's and params.yaml's
+TEXT_TASKS = ["translate_en_de", "dailydialog"]  # the tiny project's (params.yaml also has translate_en_fr)
 
 
 def stage_names(tasks: list[str], text_tasks: list[str] = TEXT_TASKS) -> list[str]:

@@ -69,7 +69,8 @@ def test_summary_json_has_its_documented_schema(tiny_project):
         ("dailydialog", "dialogue", {"copy_last_turn", "most_common_response"}),
     ):
         entry = summary["text_tasks"][name]
-        assert set(entry) == {"metric", "finetuned", "baselines", "pairs"} and entry["pairs"] == 8
+        assert set(entry) == {"metric", "finetuned", "baselines", "pairs", "bytes_per_token"} and entry["pairs"] == 8
+        assert all(1 <= b <= 8 for b in entry["bytes_per_token"].values())
         assert entry["metric"] == metric and set(entry["baselines"]) == baselines
         scores = entry["finetuned"]
         for score in HEADLINE[metric]:

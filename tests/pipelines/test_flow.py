@@ -24,8 +24,8 @@ from pipelines.flow import checkout_lock, is_transient, metrics_markdown, run_st
 from tests.pipelines.e2e_helpers import stage_names
 
 ROOT = Path(__file__).resolve().parents[2]
-TASKS = ["sst2", "imdb", "trec", "sms_spam", "subj"]
-STAGES = stage_names(TASKS)
+TASKS = ["sst2", "imdb", "trec", "sms_spam", "subj"]  # params.yaml's
+STAGES = stage_names(TASKS, ["translate_en_de", "translate_en_fr", "dailydialog"])
 
 
 def test_stage_order_is_read_from_dvc_yaml():
@@ -142,7 +142,12 @@ def test_overrides_are_applied_like_dvc_exp_run(tmp_path):
 
 
 def test_force_from_selects_the_stage_and_everything_after():
-    later = {"text_task@translate_en_de", "text_task@dailydialog", "qa", "export", "evaluate"}
+    later = {
+        *(f"text_task@{t}" for t in ("translate_en_de", "translate_en_fr", "dailydialog")),
+        "qa",
+        "export",
+        "evaluate",
+    }
     assert stages_from(STAGES, "finetune") == {*(f"finetune@{task}" for task in TASKS), *later}
     assert stages_from(STAGES, "finetune@sms_spam") == {"finetune@sms_spam", "finetune@subj", *later}
     assert stages_from(STAGES, None) == set()

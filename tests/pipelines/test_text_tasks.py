@@ -197,7 +197,11 @@ def test_the_summary_and_report_carry_each_metric_kinds_scores_and_baselines():
     translation = translation_scores(references, references, sources, bootstrap=50)
     dialogue = dialogue_scores(["Yes ."], ["Yes , please ."], ["Tea ?"], "Thank you .", bootstrap=50)
     metrics = {
-        name: {"metric": kind, "test": {**scores, "pairs": 2, "response_perplexity": 3.5}}
+        name: {
+            "metric": kind,
+            "test": {**scores, "pairs": 2, "response_perplexity": 3.5},
+            "bytes_per_token": {"sources": 3.1, "references": 2.4},
+        }
         for name, kind, scores in (("translate", "translation", translation), ("chat", "dialogue", dialogue))
     }
     summary = build_summary({}, {}, text_results=metrics)["text_tasks"]
@@ -211,3 +215,14 @@ def test_the_summary_and_report_carry_each_metric_kinds_scores_and_baselines():
     assert "| translate | 2 | 100.00 (" in report and "copy source: BLEU / chrF" in report
     assert "| chat | 2 | " in report and "most common response: BLEU-1 / BLEU-2 / distinct-1 / distinct-2" in report
     assert "The references' own distinct-1 / distinct-2: chat" in report and "history: Tea ?" in report
+    assert "translate 3.10 / 2.40; chat 3.10 / 2.40" in report
+
+
+def test_the_shipped_french_task_is_the_same_captions_to_french():
+    params = load_params(ROOT / "params.yaml")
+    german, french = (task_pairs(params.text_tasks[name], ROOT) for name in ("translate_en_de", "translate_en_fr"))
+    assert [len(rows) for rows in french.values()] == [len(rows) for rows in german.values()]
+    prompt, response = french["test"][0]
+    assert prompt == "Translate English to French: A man in an orange hat starring at something."
+    assert response == "Un homme avec un chapeau orange regardant quelque chose."
+    assert params.text_tasks["translate_en_fr"].registered_name == "lmcore-translation-en-fr"
