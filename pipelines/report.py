@@ -12,7 +12,8 @@ summary.json:
   translation's {bleu, chrf}, dialogue's {bleu1, bleu2, distinct_1, distinct_2, reference_distinct_1,
   reference_distinct_2}, sacreBLEU's each with `_ci_low`/`_ci_high` (bootstrap 95%) and `_signature`,
   and response_perplexity), `baselines.<name>` (the same headline scores: translation's copy_source,
-  dialogue's copy_last_turn and most_common_response), `pairs` (test pairs scored), `bytes_per_token`
+  dialogue's copy_last_turn and most_common_response; `paired.<score>` {diff, ci_low, ci_high}: the
+  finetuned model minus it, paired bootstrap 95%), `pairs` (test pairs scored), `bytes_per_token`
   {sources, references} (UTF-8 bytes per token of the test texts): a section of its
   own, as in params.yaml, so `tasks` and `tasks_mean` stay classification's
 - `qa`: `questions` (how many), `models.<model>` {exact_match, f1, each with `_ci_low`/`_ci_high`
@@ -262,6 +263,12 @@ def text_task_lines(summary: dict, text_samples: dict[str, str]) -> list[str]:
             cells = [text_score(f, k) for k in keys] + [f"{f['response_perplexity']:.2f}"]
             cells += [" / ".join(text_score(entry["baselines"][b], k) for k in keys) for b in baselines]
             lines.append(f"| {name} | {entry['pairs']:,} | " + " | ".join(cells) + " |")
+        paired = [
+            f"{name} over {b.replace('_', ' ')}: "
+            + ", ".join(f"{TEXT_HEADINGS[m]} {d['diff']:+.2f} ({d['ci_low']:+.2f}, {d['ci_high']:+.2f})" for m, d in e["baselines"][b]["paired"].items())
+            for name, e in entries.items() for b in baselines
+        ]  # fmt: skip
+        lines += ["", "Finetuned minus each baseline, paired bootstrap 95% intervals: " + "; ".join(paired) + "."]
         if kind == "dialogue":
             lines += ["", "The references' own distinct-1 / distinct-2: " + "; ".join(
                 f"{n} {e['finetuned']['reference_distinct_1']:.3f} / {e['finetuned']['reference_distinct_2']:.3f}"

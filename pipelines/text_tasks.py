@@ -27,6 +27,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lmcore.generate import beam_search, generate
 from lmcore.text_to_text import PromptResponses, render_messages
 from lmcore.tokenizer import TextTokenizer
@@ -172,13 +174,49 @@ def kind_scores(hypotheses: list[str], references: list[str], bootstrap: int, ki
     return scores
 
 
+def paired_differences(
+    system: list[str], baseline: list[str], references: list[str], bootstrap: int, kind: str
+) -> dict[str, dict[str, float]]:
+    """System minus baseline in each sacreBLEU score of the kind, with a paired bootstrap 95%
+    interval: both scored on the same resampled sentences (sacreBLEU's paired test draws them so,
+    but reports only a p-value). Uses sacreBLEU's sufficient statistics, as its bootstrap does."""
+    rng = np.random.default_rng(12345)
+    resamples = rng.choice(len(references), size=(bootstrap, len(references)), replace=True)  # (S, N)
+    differences = {}
+    for name, metric in sacrebleu_metrics(kind).items():
+        stats = [np.array(metric._extract_corpus_statistics(h, [references]), dtype=float) for h in (system, baseline)]
+
+        def score(rows: np.ndarray, metric=metric) -> float:
+            return metric._compute_score_from_stats(rows.sum(0)).score
+
+        boot = np.array([score(stats[0][i]) - score(stats[1][i]) for i in resamples])
+        differences[name] = {
+            "diff": round(score(stats[0]) - score(stats[1]), 2),
+            "ci_low": round(float(np.percentile(boot, 2.5)), 2),
+            "ci_high": round(float(np.percentile(boot, 97.5)), 2),
+        }
+    return differences
+
+
+def with_baselines(
+    hypotheses: list[str], references: list[str], baselines: dict[str, list[str]], bootstrap: int, kind: str
+) -> dict[str, Any]:
+    """The model's scores of a kind; each baseline's headline scores and the model minus it
+    (`paired`), scored the same way."""
+    scores = kind_scores(hypotheses, references, bootstrap, kind)
+    scores["baselines"] = {}
+    for name, outputs in baselines.items():
+        scored = kind_scores(outputs, references, bootstrap, kind)
+        scores["baselines"][name] = {k: scored[k] for k in HEADLINE[kind]}
+        scores["baselines"][name]["paired"] = paired_differences(hypotheses, outputs, references, bootstrap, kind)
+    return scores
+
+
 def translation_scores(
     hypotheses: list[str], references: list[str], sources: list[str], bootstrap: int
 ) -> dict[str, Any]:
-    """The model's scores and copying the source's (scored the same way), the floor to beat."""
-    copied = kind_scores(sources, references, bootstrap, "translation")
-    baselines = {"copy_source": {k: copied[k] for k in HEADLINE["translation"]}}
-    return {**kind_scores(hypotheses, references, bootstrap, "translation"), "baselines": baselines}
+    """The model's scores beside copying the source's (scored the same way), the floor to beat."""
+    return with_baselines(hypotheses, references, {"copy_source": sources}, bootstrap, "translation")
 
 
 def dialogue_scores(
@@ -190,12 +228,8 @@ def dialogue_scores(
         "copy_last_turn": [history.rsplit("\n", 1)[-1] for history in histories],
         "most_common_response": [common_response] * len(references),
     }
-    scores = kind_scores(hypotheses, references, bootstrap, "dialogue")
+    scores = with_baselines(hypotheses, references, baselines, bootstrap, "dialogue")
     scores |= {f"reference_distinct_{n}": distinct(references, n) for n in (1, 2)}
-    scores["baselines"] = {}
-    for name, outputs in baselines.items():
-        scored = kind_scores(outputs, references, bootstrap, "dialogue")
-        scores["baselines"][name] = {k: scored[k] for k in HEADLINE["dialogue"]}
     scores["baselines"]["most_common_response"]["response"] = common_response
     return scores
 

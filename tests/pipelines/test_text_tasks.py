@@ -134,6 +134,10 @@ def test_translation_scores_rank_the_reference_above_copying_the_source():
     copied = translation_scores(sources, references, sources, bootstrap=100)
     assert copied["bleu"] == copy_source["bleu"]
     assert copied["bleu_ci_low"] <= copied["bleu"] + 1e-9 and "nrefs:1" in copied["bleu_signature"]
+    assert copied["baselines"]["copy_source"]["paired"]["bleu"] == {"diff": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    gain = perfect["baselines"]["copy_source"]["paired"]["chrf"]
+    assert gain["diff"] == pytest.approx(perfect["chrf"] - copy_source["chrf"], abs=0.011)
+    assert 0 < gain["ci_low"] <= gain["diff"] <= gain["ci_high"]
 
 
 def test_a_dialogue_gives_one_pair_per_turn_after_the_first(tmp_path):
@@ -184,7 +188,10 @@ def test_dialogue_scores_rank_the_references_above_both_baselines():
     )
     copied, common = perfect["baselines"]["copy_last_turn"], perfect["baselines"]["most_common_response"]
     repeated = dialogue_scores([h.split("\n")[-1] for h in histories], references, histories, "Thank you .", 100)
-    assert {k: repeated[k] for k in copied} == copied  # the baseline is the last turn, scored the same way
+    # the baseline is the last turn, scored the same way: no difference
+    assert {k: repeated[k] for k in copied if k != "paired"} == {k: v for k, v in copied.items() if k != "paired"}
+    assert repeated["baselines"]["copy_last_turn"]["paired"]["bleu2"]["diff"] == 0.0
+    assert perfect["baselines"]["most_common_response"]["paired"]["bleu2"]["ci_low"] > 0
     assert common["response"] == "Thank you ." and common["distinct_1"] == pytest.approx(1 / 3, abs=1e-4)
     assert max(copied["bleu2"], common["bleu2"]) < 20 < perfect["bleu2"]
 
@@ -216,6 +223,7 @@ def test_the_summary_and_report_carry_each_metric_kinds_scores_and_baselines():
     assert "| chat | 2 | " in report and "most common response: BLEU-1 / BLEU-2 / distinct-1 / distinct-2" in report
     assert "The references' own distinct-1 / distinct-2: chat" in report and "history: Tea ?" in report
     assert "translate 3.10 / 2.40; chat 3.10 / 2.40" in report
+    assert "translate over copy source: BLEU +" in report and "chat over most common response: BLEU-1 " in report
 
 
 def test_the_shipped_french_task_is_the_same_captions_to_french():
