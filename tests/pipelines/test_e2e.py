@@ -224,7 +224,8 @@ def test_a_dialogue_task_answers_each_test_turn_from_its_history(tiny_project):
     first = gzip.open(tiny_project / "data/dailydialog/test.txt.gz", "rt").readline().split("__eou__")
     assert len(sources) == len(references) == len(hypotheses) == 8
     assert (sources[0], references[0]) == (first[0].strip(), first[1].strip())
-    assert sources[2] == first[0].strip() + "\\n" + first[1].strip()  # two turns of history
+    assert sources[1] == first[0].strip() + "\\n" + first[1].strip()
+    assert sources[2] == first[1].strip() + "\\n" + first[2].strip()  # at most two turns of history
     metrics = strict_json(out / "metrics.json")
     assert metrics["metric"] == "dialogue" and 0 <= metrics["test"]["distinct_1"] <= 1
     run = stage_runs(tiny_project)["text_task@dailydialog"]
