@@ -191,7 +191,7 @@ def paired_differences(
 
         boot = np.array([score(stats[0][i]) - score(stats[1][i]) for i in resamples])
         differences[name] = {
-            "diff": round(score(stats[0]) - score(stats[1]), 2),
+            "diff": round(float(score(stats[0]) - score(stats[1])), 2),
             "ci_low": round(float(np.percentile(boot, 2.5)), 2),
             "ci_high": round(float(np.percentile(boot, 97.5)), 2),
         }
