@@ -161,3 +161,27 @@ def test_translation_bench_trains_decodes_and_scores(tmp_path):
         assert row["sentences"] == 20 and 0 <= row["greedy"]["bleu"] <= 100 and row["greedy"]["chrf"] >= 0
         assert row["greedy"]["bleu_signature"].startswith("nrefs:1|")
         assert (row["trainable"] < row["parameters"]) == bool(extra) and ("beam2" in row) == bool(extra)
+
+
+def test_paired_text_compares_two_systems_on_one_test_set(tmp_path):
+    references = ["ein Hund läuft über die grüne Wiese", "zwei Männer spielen Fußball im Park"] * 5
+    (tmp_path / "refs.txt").write_text("\n".join(references) + "\n")
+    (tmp_path / "good.txt").write_text("\n".join(references) + "\n")
+    (tmp_path / "bad.txt").write_text("\n".join(["ein Mann in einem blauen Hemd"] * 10) + "\n")
+    command = [sys.executable, str(ROOT / "bench" / "paired_text.py"), "--kind", "translation"]
+    command += ["--references", str(tmp_path / "refs.txt"), "--bootstrap", "100"]
+    result = subprocess.run(
+        [*command, "--system", str(tmp_path / "good.txt"), "--baseline", str(tmp_path / "bad.txt")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    figures = last_json(result)
+    gain = figures["system_minus_baseline"]["bleu"]
+    assert figures["system"]["bleu"] == pytest.approx(100.0)
+    assert gain["diff"] == pytest.approx(figures["system"]["bleu"] - figures["baseline"]["bleu"], abs=0.011)
+    assert 0 < gain["ci_low"] <= gain["diff"] <= gain["ci_high"]
+    (tmp_path / "short.txt").write_text("one line\n")
+    short = subprocess.run(
+        [*command, "--system", str(tmp_path / "short.txt"), "--baseline", str(tmp_path / "bad.txt")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert short.returncode != 0 and "--system has 1 lines, --references 10" in short.stderr
