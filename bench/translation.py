@@ -4,6 +4,7 @@ scored with sacreBLEU (BLEU and chrF, signatures printed) beside copying the sou
 
     python bench/translation.py --target de --steps 1500                 # pretrained, full finetuning
     python bench/translation.py --target de --steps 1500 --scratch
+    python bench/translation.py --target de --steps 1500 --scratch-arch gpt  # params.yaml's GPT, untrained
     python bench/translation.py --target de --steps 1500 --lora-rank 8 --learning-rate 3e-3
     python bench/translation.py --target de --split val --beam-size 4    # choose decoding on val
 
@@ -34,6 +35,7 @@ from lmcore.text_to_text import encode_pairs, pair_batches, response_loss, respo
 from lmcore.tokenizer import load_tokenizer  # noqa: E402
 from lmcore.train import TrainConfig, train  # noqa: E402
 from pipelines.layout import outputs  # noqa: E402
+from pipelines.params import read_yaml  # noqa: E402
 from pipelines.text_params import DecodeParams  # noqa: E402
 from pipelines.text_tasks import corpus_scores, decode_all  # noqa: E402
 
@@ -58,6 +60,9 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--max-len", type=int, default=128)
     parser.add_argument("--scratch", action="store_true", help="the same architecture from random weights")
+    parser.add_argument(
+        "--scratch-arch", choices=["gpt", "lstm", "gru"], help="from random weights, params.yaml's model.<arch> shape"
+    )
     parser.add_argument("--lora-rank", type=int, default=0, help="LoRA of this rank; 0: full finetuning")
     parser.add_argument("--beam-size", type=int, default=0, help="also decode with a beam this wide")
     parser.add_argument("--limit", type=int, default=0, help="score the first N sentences only")
@@ -66,7 +71,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer(outputs("tokenizer").tokenizer)
     model, config = load_model(outputs("pretrain").model)
-    if args.scratch:
+    if args.scratch_arch:
+        torch.manual_seed(7)
+        shape = {**read_yaml(Path("params.yaml"))["model"][args.scratch_arch], "vocab_size": tokenizer.vocab_size}
+        model = build_model(args.scratch_arch, build_model_config(args.scratch_arch, shape))
+    elif args.scratch:
         torch.manual_seed(7)
         model = build_model(config["arch"], build_model_config(config["arch"], config["model"]))
     sources, targets = read_lines("train", "en"), read_lines("train", args.target)
@@ -103,7 +112,7 @@ def main() -> None:
     model.eval()
     nll, count = response_nll(model, eval_set, tokenizer.pad_id)
     row = {
-        "target": args.target, "split": args.split, "sentences": len(references), "scratch": args.scratch,
+        "target": args.target, "split": args.split, "sentences": len(references), "scratch": args.scratch_arch or args.scratch,
         "lora_rank": args.lora_rank, "steps": args.steps, "learning_rate": args.learning_rate,
         "trainable": trainable, "parameters": total, "bytes_per_token": bytes_per_token,
         "response_perplexity": round(math.exp(nll / count), 3), "train_seconds": round(train_seconds, 1),

@@ -153,14 +153,17 @@ def test_translation_bench_trains_decodes_and_scores(tmp_path):
         for language, lines in (("en", english), ("de", german)):
             with gzip.open(tmp_path / "data" / "multi30k" / f"{split}.{language}.gz", "wt", encoding="utf-8") as f:
                 f.write("\n".join(lines) + "\n")
-    for extra in ([], ["--lora-rank", "2", "--beam-size", "2"]):
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())  # --scratch-arch's shapes
+    for extra in ([], ["--lora-rank", "2", "--beam-size", "2"], ["--scratch-arch", "gpt"]):
         command = [sys.executable, str(ROOT / "bench" / "translation.py"), "--steps", "3", "--max-len", "64", *extra]
         result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300,
                                 env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
         row = last_json(result)
         assert row["sentences"] == 20 and 0 <= row["greedy"]["bleu"] <= 100 and row["greedy"]["chrf"] >= 0
         assert row["greedy"]["bleu_signature"].startswith("nrefs:1|")
-        assert (row["trainable"] < row["parameters"]) == bool(extra) and ("beam2" in row) == bool(extra)
+        lora = "--lora-rank" in extra
+        assert (row["trainable"] < row["parameters"]) == lora and ("beam2" in row) == lora
+        assert row["scratch"] == ("gpt" if "--scratch-arch" in extra else False)
 
 
 def test_paired_text_compares_two_systems_on_one_test_set(tmp_path):
