@@ -32,6 +32,7 @@ from lmcore.text_to_text import encode_pairs
 from lmcore.tokenizer import TextTokenizer
 
 ANSWER_CUE = "\nAnswer:"  # what the zero-shot prompt ends with
+PUNCTUATION = frozenset(string.punctuation)
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def read_squad(path: Path, limit: int = 0) -> list[Question]:
 
 def normalize_answer(text: str) -> str:
     """SQuAD v1.1's normalization: lowercase, no punctuation, no articles, single spaces."""
-    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = "".join(ch for ch in text.lower() if ch not in PUNCTUATION)
     return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
 
 

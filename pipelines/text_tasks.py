@@ -110,7 +110,7 @@ def task_pairs(task: TextTaskParams, root: Path) -> dict[str, list[tuple[str, st
 def bytes_per_token(tokenizer: TextTokenizer, texts: list[str]) -> float:
     """UTF-8 bytes per token of texts: how well the tokenizer (trained on the pretraining corpus)
     fits a language."""
-    tokens = sum(len(tokenizer.encode(text)) for text in texts)
+    tokens = sum(len(ids) for ids in tokenizer.encode_batch(texts))
     return round(sum(len(text.encode("utf-8")) for text in texts) / max(tokens, 1), 3)
 
 
