@@ -55,6 +55,10 @@ class TextTaskParams:
     # dialogue is BLEU-1 and BLEU-2 and distinct-1 and distinct-2
     metric: Literal["translation", "dialogue"]
     sources: list[PairSourceParams]
+    # pretrained: the pretrain stage's LM; scratch: random weights (the row without LM pretraining)
+    # of params.yaml's model.<arch>, arch null meaning model.arch
+    init: Literal["pretrained", "scratch"]
+    arch: Literal["gpt", "lstm", "gru"] | None
     instruction: str  # before every prompt, e.g. "Translate English to German: "
     max_len: int  # tokens per rendered pair; a long prompt loses its start, a long response its end
     test_subset: int  # the first N test pairs are decoded and scored; 0: all of them
@@ -67,6 +71,11 @@ class TextTaskParams:
         given = {source.split for source in self.sources}
         if missing := [split for split in SPLITS if split not in given]:
             raise ValueError(f"sources name no {missing[0]} split: each of {list(SPLITS)} needs one")
+        if self.arch is not None and self.init != "scratch":
+            raise ValueError(
+                f"arch is for init: scratch (got arch {self.arch!r} with init {self.init!r}): a pretrained "
+                "model keeps the architecture it was pretrained with (model.arch)"
+            )
         if self.max_len < 8:
             raise ValueError(f"max_len must be at least 8, got {self.max_len}")
         if self.test_subset < 0:

@@ -161,6 +161,24 @@ def lm_evaluator(stream: str, tokenizer_sha256: str, block_size: int, params) ->
     )
 
 
+def load_backbone(params, init: str, tokenizer_sha256: str, vocab_size: int, arch: str | None = None) -> tuple:
+    """The model a finetuning stage starts from: (model, arch, config values). `init` "pretrained"
+    is the pretrain stage's model, checked against the tokenizer; "scratch" is random weights of
+    `arch` (default model.arch) in params.yaml's shape, drawn from torch's global generator."""
+    from lmcore.checkpoint import load_model
+    from lmcore.models import build_model, build_model_config
+
+    if init == "pretrained":
+        path = outputs("pretrain").model
+        model, config = load_model(path)
+        if config.get("tokenizer_sha256") != tokenizer_sha256:
+            raise ValueError(f"{path} was trained with another tokenizer (vocab mismatch): re-run pretrain")
+        return model, config["arch"], config["model"]
+    arch = arch or params.model.arch
+    values = {**getattr(params.model, arch), "vocab_size": vocab_size}
+    return build_model(arch, build_model_config(arch, values, f"model.{arch}")), arch, values
+
+
 def json_dump(path: Path, payload: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")

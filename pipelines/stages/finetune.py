@@ -20,9 +20,8 @@ import time
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn as nn
 
-from lmcore.checkpoint import WEIGHTS_NAME, export_model, load_model
+from lmcore.checkpoint import WEIGHTS_NAME, export_model
 from lmcore.evaluate import calibration_error, fit_temperature, predict_classes, with_temperature
 from lmcore.models import build_model, build_model_config
 from lmcore.tokenizer import load_tokenizer
@@ -31,21 +30,8 @@ from pipelines.baselines import majority_predictions, score, tfidf_predictions
 from pipelines.finetuning import Checkpoints, TaskData, fresh_copy, lm_adapt, run_curve, train_classifier
 from pipelines.layout import outputs, stage_params
 from pipelines.params import Params, load_params, load_raw_params
-from pipelines.stages.common import json_dump, logger, resumable_checkpoints, run_stage, task_argument
+from pipelines.stages.common import json_dump, load_backbone, logger, resumable_checkpoints, run_stage, task_argument
 from pipelines.stages.sinks import ComputeClock
-
-
-def load_backbone(params: Params, tokenizer_sha: str, vocab_size: int) -> tuple[nn.Module, str, dict]:
-    """The pretrained model (checked against the tokenizer) or a fresh one: (model, arch, config values)."""
-    if params.finetune.init == "pretrained":
-        path = outputs("pretrain").model
-        backbone, config = load_model(path)
-        if config.get("tokenizer_sha256") != tokenizer_sha:
-            raise ValueError(f"{path} was trained with another tokenizer (vocab mismatch): re-run pretrain")
-        return backbone, config["arch"], config["model"]
-    arch = params.model.arch
-    values = {**params.model.config_values(), "vocab_size": vocab_size}
-    return build_model(arch, build_model_config(arch, values, f"model.{arch}")), arch, values
 
 
 def checkpoints_for(stage: str, raw: dict, tokenizer_sha: str, pretrained: bool) -> Checkpoints:
@@ -115,7 +101,7 @@ def train_task(name: str, params: Params, raw: dict, data: TaskData, tokenizer) 
     then the curve: (models, training figures, metrics so far, (arch, model config, backbones))."""
     task, ft = params.tasks[name], params.finetune
     torch.manual_seed(ft.train.seed)  # the scratch model draws its init from it
-    backbone, arch, model_values = load_backbone(params, tokenizer.sha256(), tokenizer.vocab_size)
+    backbone, arch, model_values = load_backbone(params, ft.init, tokenizer.sha256(), tokenizer.vocab_size)
     scratch_init = build_model(arch, build_model_config(arch, model_values))
     checkpoints = checkpoints_for(f"finetune@{name}", raw, tokenizer.sha256(), ft.init == "pretrained")
     metrics: dict = {}

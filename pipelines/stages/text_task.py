@@ -1,4 +1,5 @@
-"""text_task@<name>: the pretrained LM finetuned on one text-to-text task, its test split decoded.
+"""text_task@<name>: the pretrained LM (or a model from scratch) finetuned on one text-to-text
+task, its test split decoded.
 
 `python -m pipelines.stages.text_task <name>` (a key of params.yaml's `text_tasks`). The pairs are
 rendered through lmcore's prompt/response template and trained with the loss on the response
@@ -18,8 +19,9 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 
-from lmcore.checkpoint import WEIGHTS_NAME, export_model, load_model
+from lmcore.checkpoint import WEIGHTS_NAME, export_model
 from lmcore.lora import add_lora, merge_lora, trainable_share
 from lmcore.text_to_text import PROMPT_RESPONSE, encode_pairs, pair_batches, response_loss, response_nll
 from lmcore.tokenizer import load_tokenizer
@@ -27,7 +29,7 @@ from lmcore.train import train
 from pipelines import tracking
 from pipelines.layout import outputs, stage_params
 from pipelines.params import ROOT, load_params, load_raw_params
-from pipelines.stages.common import json_dump, logger, resumable_checkpoints, run_stage, task_argument
+from pipelines.stages.common import json_dump, load_backbone, logger, resumable_checkpoints, run_stage, task_argument
 from pipelines.stages.sinks import ComputeClock, Progress, fan_out
 from pipelines.stages.stopping import stop_requests
 from pipelines.text_params import lora_settings, train_config
@@ -54,7 +56,9 @@ def finetune(model, params, raw: dict, name: str, encoded: dict, tokenizer, chec
         nll, count = response_nll(m, encoded["validation"], tokenizer.pad_id, params.evaluate.batch_size)
         return {"loss": nll / count, "perplexity": math.exp(nll / count)}
 
+    # A scratch model's checkpoints do not depend on the pretrained weights.
     digest = hashlib.sha256((outputs("pretrain").model / WEIGHTS_NAME).read_bytes()).hexdigest()
+    digest = digest if task.init == "pretrained" else None
     fingerprint = resumable_checkpoints(checkpoints, stage_params(f"text_task@{name}", raw), tokenizer.sha256(), digest)
     start = time.perf_counter()
     with stop_requests() as should_stop:
@@ -102,7 +106,7 @@ def main() -> None:
     params = load_params()
     name = task_argument(params, "text_tasks")
     task, raw = params.text_tasks[name], load_raw_params()
-    out, tok, pretrained = outputs("text_task", name), outputs("tokenizer"), outputs("pretrain").model
+    out, tok = outputs("text_task", name), outputs("tokenizer")
     out.dir.mkdir(parents=True, exist_ok=True)
     logged = {f"text_tasks.{name}": raw["text_tasks"][name], "finetune.train": raw["finetune"]["train"]}
     upstream = {"tokenizer": tok.dir, "pretrain": outputs("pretrain").dir}
@@ -110,16 +114,17 @@ def main() -> None:
         clock = ComputeClock()
         with clock.measure():
             tokenizer = load_tokenizer(tok.tokenizer, params.tokenizer.eot_token, params.tokenizer.pad_token)
-            model, config = load_model(pretrained)
-            if config.get("tokenizer_sha256") != tokenizer.sha256():
-                raise ValueError(f"{pretrained} was trained with another tokenizer (vocab mismatch): re-run pretrain")
+            torch.manual_seed(train_config(params.finetune.train, task, name).seed)  # a scratch model's init
+            model, arch, model_values = load_backbone(
+                params, task.init, tokenizer.sha256(), tokenizer.vocab_size, task.arch
+            )
             pairs = task_pairs(task, ROOT)
             encoded = {split: encode_pairs(tokenizer, rows, task.max_len) for split, rows in pairs.items()}
             model, training = finetune(model, params, raw, name, encoded, tokenizer, out.checkpoints)
             metrics, lines = score_test(model, params, name, pairs, encoded, tokenizer)
             extra = {"tokenizer_sha256": tokenizer.sha256(), "eot_token": tokenizer.eot_token}
             extra |= {"pad_token": tokenizer.pad_token, "template": PROMPT_RESPONSE, "instruction": task.instruction}
-            export_model(out.model, model, config["arch"], config["model"], tok.tokenizer, extra=extra)
+            export_model(out.model, model, arch, model_values, tok.tokenizer, extra=extra)
         metrics["training"] = training
         for key, text in lines.items():
             write_lines(getattr(out, key), text)

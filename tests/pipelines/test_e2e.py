@@ -249,6 +249,24 @@ def test_a_text_task_with_lora_trains_adapters_and_saves_the_merged_model(tiny_p
     assert any(not torch.equal(merged.state_dict()[k], v) for k, v in pretrained.state_dict().items())
 
 
+def test_a_text_task_from_scratch_trains_another_architecture(tiny_project):
+    """`init: scratch` with `arch: gpt` beside the pretrained LSTM: a GPT of params.yaml's
+    model.gpt shape from random weights, every parameter trained, saved and loadable as a GPT."""
+    params_path = tiny_project / "params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    assert params["model"]["arch"] == "lstm"
+    params["text_tasks"]["translate_en_de"] |= {"init": "scratch", "arch": "gpt"}
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    dvc(tiny_project, "repro", "text_task@translate_en_de")
+    out = tiny_project / "outputs/text_tasks/translate_en_de"
+    model, config = load_model(out / "model")
+    assert config["arch"] == "gpt" and config["model"]["n_embd"] == params["model"]["gpt"]["n_embd"]
+    assert config["template"] == "prompt_response"
+    metrics = strict_json(out / "metrics.json")
+    assert metrics["training"]["trainable_parameters"] == sum(p.numel() for p in model.parameters())
+    assert len((out / "hypotheses.txt").read_text(encoding="utf-8").splitlines()) == 8
+
+
 def test_the_export_folders_open_in_transformers_without_the_project(tiny_project, tmp_path):
     listing = strict_json(tiny_project / "outputs/export/export.json")
     assert set(listing) == {"lm", *TASKS} and {f["class"] for f in listing.values()} == {

@@ -59,6 +59,8 @@ def test_the_shipped_dialogue_task_reads_dailydialog_turn_by_turn():
         (lambda t, p: t["lora"].update(rank=4, alpha=0), "LoRA alpha must be > 0"),
         (lambda t, p: t["decode"].update(beam_size=0), "beam_size and max_new_tokens must be >= 1"),
         (lambda t, p: t.update(metric="rouge"), "metric"),
+        (lambda t, p: t.update(arch="gpt"), "arch is for init: scratch"),
+        (lambda t, p: t.update(init="scratch", arch="transformer"), "text_tasks.translate_en_de.arch"),
         (lambda t, p: p["text_tasks"].update(sst2=p["text_tasks"]["translate_en_de"]), "not a task's name"),
     ],
 )
