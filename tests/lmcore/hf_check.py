@@ -33,7 +33,13 @@ def check(case: dict) -> dict:
         "ids": [tokenizer(text)["input_ids"] for text in case["texts"]],
         "decoded": [tokenizer.decode(tokenizer(text)["input_ids"]) for text in case["texts"]],
         "tokenizer_class": type(tokenizer).__name__,
+        "chat_text": None,
     }
+    if "chat" in case:  # a prompt/response model's folder: the prompt its chat template renders
+        result["chat_text"] = tokenizer.apply_chat_template(case["chat"], tokenize=False)
+        result["chat_ids"] = tokenizer(result["chat_text"], add_special_tokens=False)["input_ids"]
+    elif tokenizer.chat_template is not None:
+        result["chat_text"] = "a chat template where none belongs"
     if case["kind"] == "classifier":
         model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
         with torch.no_grad():

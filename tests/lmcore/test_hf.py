@@ -14,6 +14,7 @@ from lmcore.data import LabeledExamples, pad_batch
 from lmcore.generate import generate
 from lmcore.hf import export_hf, import_hf
 from lmcore.models import SequenceClassifier
+from lmcore.text_to_text import PROMPT_RESPONSE, folder_prompt
 from lmcore.tokenizer import TokenizerConfig, train_tokenizer
 from tests.lmcore.helpers import ARCH_OF, TINY, open_in_transformers, tiny_model
 
@@ -21,10 +22,14 @@ TEXT = "the quick brown fox jumps over the lazy dog. A review ends with its verd
 TEXTS = ["the quick fox!", " A review ends with\nits verdict: the quick brown fox", "dog"]
 CLASSIFIERS = {"lstm_concat": ("lstm", "concat", 1.7), "gpt_mean": ("gpt", "mean", 0.8)}
 MAX_LEN = 12
+# A model finetuned on the prompt/response template (a dialogue model): its folder's chat template
+# must render these turns as lmcore renders them.
+INSTRUCTION = "Reply to the conversation:\n"
+CHAT = [{"role": "user", "content": "Tea ?"}, {"role": "assistant", "content": 'Yes, the "green" one.'}]
 
 
 def lmcore_folder(root: Path, name: str, tokenizer, classifier: tuple | None = None) -> Path:
-    arch_name = classifier[0] if classifier else name
+    arch_name = classifier[0] if classifier else name.removesuffix("_chat")
     torch.manual_seed(len(name))
     model = tiny_model(arch_name, vocab_size=tokenizer.vocab_size)
     extra = {"eot_token": tokenizer.eot_token, "pad_token": tokenizer.pad_token}
@@ -32,6 +37,8 @@ def lmcore_folder(root: Path, name: str, tokenizer, classifier: tuple | None = N
         model = SequenceClassifier(model, 2, classifier[1])
         torch.nn.init.normal_(model.head.weight, std=0.5)  # logits far from zero, so differences show
         extra |= {"max_len": MAX_LEN, "label_names": ["negative", "positive"], "temperature": classifier[2]}
+    if name.endswith("_chat"):
+        extra |= {"template": PROMPT_RESPONSE, "instruction": INSTRUCTION}
     config = {**TINY[arch_name], "vocab_size": tokenizer.vocab_size}
     return export_model(
         root / f"lmcore_{name}", model, ARCH_OF[arch_name], config, root / "tokenizer.json", extra=extra
@@ -44,15 +51,16 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf")
     tokenizer = train_tokenizer([TEXT], TokenizerConfig(kind="bpe", vocab_size=300))
     tokenizer.save(root / "tokenizer.json")
-    folders, cases = {}, []
-    for name in [*TINY, *CLASSIFIERS]:
+    folders, cases, names = {}, [], [*TINY, *CLASSIFIERS, "lstm_chat"]
+    for name in names:
         folders[name] = lmcore_folder(root, name, tokenizer, CLASSIFIERS.get(name))
         case = {"folder": str(export_hf(folders[name], root / f"hf_{name}")), "texts": TEXTS}
         ids = tokenizer.encode(TEXT)[:16]
         case |= {"kind": "classifier"} if name in CLASSIFIERS else {"kind": "lm", "ids": ids, "prompt": ids[:4]}
+        case |= {"chat": CHAT} if name.endswith("_chat") else {}
         cases.append({**case, "max_new_tokens": 10, "long_new_tokens": 40})  # 40: past a GPT's 16 positions
     results = open_in_transformers(cases, root)
-    return {name: (folders[name], cases[i], results[i]) for i, name in enumerate([*TINY, *CLASSIFIERS])}
+    return {name: (folders[name], cases[i], results[i]) for i, name in enumerate(names)}
 
 
 @pytest.mark.parametrize("name", list(TINY))
@@ -102,6 +110,18 @@ def test_an_exported_classifier_gives_lmcore_calibrated_logits(exported, name):
     assert len(tokenizer.encode(TEXTS[1])) > MAX_LEN  # one text is cut, from the left as lmcore cuts
     assert (torch.tensor(result["logits"]) - expected).abs().max() < 1e-4
     assert result["labels"] == ["negative", "positive"]
+
+
+def test_a_prompt_response_model_carries_its_prompt_as_a_chat_template(exported):
+    """`apply_chat_template` on a finetuned text-to-text model's folder gives the tokens `lmcore
+    generate` feeds it for the same turns (its instruction, the turns one a line, the marker);
+    a plain LM's folder has no chat template."""
+    folder, _, result = exported["lstm_chat"]
+    model, config = load_model(folder)
+    expected = folder_prompt(load_folder_tokenizer(folder, config), config, "\n".join(m["content"] for m in CHAT))
+    assert result["chat_ids"] == expected
+    assert result["chat_text"].startswith("<|endoftext|>Reply to the conversation:\nTea ?\nYes,")
+    assert exported["lstm"][2]["chat_text"] is None
 
 
 @pytest.mark.parametrize("name", ["gpt_swiglu", "lstm", "lstm_concat"])

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from lmcore.checkpoint import load_folder_tokenizer, load_model
+from lmcore.text_to_text import folder_prompt
 from pipelines.qa import read_squad
 from pipelines.text_tasks import HEADLINE
 from tests.lmcore.helpers import open_in_transformers
@@ -269,7 +270,7 @@ def test_a_text_task_from_scratch_trains_another_architecture(tiny_project):
 
 def test_the_export_folders_open_in_transformers_without_the_project(tiny_project, tmp_path):
     listing = strict_json(tiny_project / "outputs/export/export.json")
-    assert set(listing) == {"lm", *TASKS} and {f["class"] for f in listing.values()} == {
+    assert set(listing) == {"lm", *TASKS, *TEXT_TASKS} and {f["class"] for f in listing.values()} == {
         "LmcoreForCausalLM", "LmcoreForSequenceClassification"
     }  # fmt: skip
     lm, config = load_model(tiny_project / "outputs/pretrain/model")
@@ -288,6 +289,15 @@ def test_the_export_folders_open_in_transformers_without_the_project(tiny_projec
                 "max_new_tokens": 5,
             },
             {"folder": str(export / "sst2"), "kind": "classifier", "texts": ["a fine film ."]},
+            {
+                "folder": str(export / "translate_en_de"),
+                "kind": "lm",
+                "texts": ["a dog"],
+                "ids": ids,
+                "prompt": ids[:3],
+                "max_new_tokens": 2,
+                "chat": [{"role": "user", "content": "A dog runs on the grass."}],
+            },
         ],
         tmp_path,
     )
@@ -297,9 +307,16 @@ def test_the_export_folders_open_in_transformers_without_the_project(tiny_projec
         scores = classifier(text, torch.tensor([text.size(1)])) / classifier_config["temperature"]
     assert (torch.tensor(results[0]["logits"]) - logits).abs().max() < 1e-4
     assert (torch.tensor(results[1]["logits"]) - scores).abs().max() < 1e-4
+    translator = tiny_project / "outputs/text_tasks/translate_en_de/model"
+    _, translator_config = load_model(translator)
+    prompt = folder_prompt(
+        load_folder_tokenizer(translator, translator_config), translator_config, "A dog runs on the grass."
+    )
+    assert results[2]["chat_ids"] == prompt  # the chat template renders the translation prompt
     _, client = mlflow_client(tiny_project)
     run = stage_runs(tiny_project)["export"]
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "hf")} == {f"hf/{n}" for n in ("lm", *TASKS)}
+    exported = {f"hf/{n}" for n in ("lm", *TASKS, *TEXT_TASKS)}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "hf")} == exported
 
 
 def test_nothing_changed_is_a_fast_no_op(tiny_project):
