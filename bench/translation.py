@@ -7,11 +7,13 @@ scored with sacreBLEU (BLEU and chrF, signatures printed) beside copying the sou
     python bench/translation.py --target de --steps 1500 --scratch-arch gpt  # params.yaml's GPT, untrained
     python bench/translation.py --target de --steps 1500 --lora-rank 8 --learning-rate 3e-3
     python bench/translation.py --target de --split val --beam-size 4    # choose decoding on val
+    python bench/translation.py --split val test_2016_flickr --hypotheses runs/gpt  # one training, two splits
 
 Runs in a project after `dvc repro` (it reads outputs/pretrain/model and outputs/tokenizer) on
-data/multi30k. Prints one JSON line: the recipe, trainable parameters, bytes per token of each
-language, response perplexity, BLEU and chrF of greedy (and beam) decoding, seconds, samples.
-Choose recipes on `--split val`; test_2016_flickr is for the figure reported.
+data/multi30k. Prints one JSON line per split: the recipe, trainable parameters, bytes per token of
+each language, response perplexity, BLEU and chrF of greedy (and beam) decoding, seconds, samples.
+`--hypotheses DIR` writes each decoding's outputs, one a line (DIR/<split>.<decoding>.txt, beside
+DIR/<split>.references.txt), for bench/paired_text.py. Choose recipes on `--split val`; test_2016_flickr is for the figure reported.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def translation_pairs(sources: list[str], references: list[str], target: str) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", choices=["de", "fr"], default="de")
-    parser.add_argument("--split", choices=["val", "test_2016_flickr"], default="val")
+    parser.add_argument("--split", choices=["val", "test_2016_flickr"], nargs="+", default=["val"])
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -67,6 +69,7 @@ def main() -> None:
     parser.add_argument("--beam-size", type=int, default=0, help="also decode with a beam this wide")
     parser.add_argument("--limit", type=int, default=0, help="score the first N sentences only")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--hypotheses", type=Path, help="write each decoding's outputs under this folder")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer(outputs("tokenizer").tokenizer)
@@ -84,10 +87,6 @@ def main() -> None:
         for language, lines in (("en", sources), (args.target, targets))
     }
     train_set = encode_pairs(tokenizer, translation_pairs(sources, targets, args.target), args.max_len)
-    eval_sources, references = read_lines(args.split, "en"), read_lines(args.split, args.target)
-    if args.limit:
-        eval_sources, references = eval_sources[: args.limit], references[: args.limit]
-    eval_set = encode_pairs(tokenizer, translation_pairs(eval_sources, references, args.target), args.max_len)
     if args.lora_rank:
         model = add_lora(model, LoraSettings(rank=args.lora_rank, alpha=2.0 * args.lora_rank))
     trainable, total = trainable_share(model)
@@ -110,13 +109,24 @@ def main() -> None:
     if args.lora_rank:
         model = merge_lora(model)
     model.eval()
-    nll, count = response_nll(model, eval_set, tokenizer.pad_id)
-    row = {
-        "target": args.target, "split": args.split, "sentences": len(references), "scratch": args.scratch_arch or args.scratch,
-        "lora_rank": args.lora_rank, "steps": args.steps, "learning_rate": args.learning_rate,
-        "trainable": trainable, "parameters": total, "bytes_per_token": bytes_per_token,
-        "response_perplexity": round(math.exp(nll / count), 3), "train_seconds": round(train_seconds, 1),
+    recipe_row = {
+        "target": args.target, "scratch": args.scratch_arch or args.scratch, "lora_rank": args.lora_rank,
+        "steps": args.steps, "learning_rate": args.learning_rate, "trainable": trainable, "parameters": total,
+        "bytes_per_token": bytes_per_token, "train_seconds": round(train_seconds, 1),
     }  # fmt: skip
+    for split in args.split:
+        print(json.dumps(score_split(model, tokenizer, args, split, recipe_row), ensure_ascii=False), flush=True)
+
+
+def score_split(model, tokenizer, args, split: str, recipe_row: dict) -> dict:
+    """Response perplexity, copying the source and each decoding scored on one split."""
+    eval_sources, references = read_lines(split, "en"), read_lines(split, args.target)
+    if args.limit:
+        eval_sources, references = eval_sources[: args.limit], references[: args.limit]
+    eval_set = encode_pairs(tokenizer, translation_pairs(eval_sources, references, args.target), args.max_len)
+    nll, count = response_nll(model, eval_set, tokenizer.pad_id)
+    row = {**recipe_row, "split": split, "sentences": len(references)}
+    row["response_perplexity"] = round(math.exp(nll / count), 3)
     row["copy_source"] = corpus_scores(eval_sources, references, bootstrap=1000)["bleu"]
     for name, beam in [("greedy", 1)] + ([(f"beam{args.beam_size}", args.beam_size)] if args.beam_size > 1 else []):
         start = time.perf_counter()
@@ -124,7 +134,16 @@ def main() -> None:
         scored = corpus_scores(hypotheses, references, bootstrap=1000)
         row[name] = {**scored, "seconds": round(time.perf_counter() - start, 1)}
         row[name]["samples"] = [[eval_sources[i], hypotheses[i], references[i]] for i in (0, 1, 2)]
-    print(json.dumps(row, ensure_ascii=False), flush=True)
+        if args.hypotheses:
+            write_lines(args.hypotheses / f"{split}.{name}.txt", hypotheses)
+    if args.hypotheses:
+        write_lines(args.hypotheses / f"{split}.references.txt", references)
+    return row
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
 
 if __name__ == "__main__":

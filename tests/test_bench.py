@@ -154,7 +154,7 @@ def test_translation_bench_trains_decodes_and_scores(tmp_path):
             with gzip.open(tmp_path / "data" / "multi30k" / f"{split}.{language}.gz", "wt", encoding="utf-8") as f:
                 f.write("\n".join(lines) + "\n")
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())  # --scratch-arch's shapes
-    for extra in ([], ["--lora-rank", "2", "--beam-size", "2"], ["--scratch-arch", "gpt"]):
+    for extra in ([], ["--lora-rank", "2", "--beam-size", "2", "--hypotheses", "runs"], ["--scratch-arch", "gpt"]):
         command = [sys.executable, str(ROOT / "bench" / "translation.py"), "--steps", "3", "--max-len", "64", *extra]
         result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300,
                                 env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
@@ -164,6 +164,7 @@ def test_translation_bench_trains_decodes_and_scores(tmp_path):
         lora = "--lora-rank" in extra
         assert (row["trainable"] < row["parameters"]) == lora and ("beam2" in row) == lora
         assert row["scratch"] == ("gpt" if "--scratch-arch" in extra else False)
+    assert [len((tmp_path / "runs" / f"val.{n}.txt").read_text().splitlines()) for n in ("greedy", "beam2")] == [20, 20]
 
 
 def test_paired_text_compares_two_systems_on_one_test_set(tmp_path):
