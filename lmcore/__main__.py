@@ -21,7 +21,7 @@ from lmcore.generate import GENERATION_DEFAULTS, beam_search, generate
 from lmcore.hf import export_hf, import_hf
 from lmcore.models import SequenceClassifier
 from lmcore.runtime import resolve_device
-from lmcore.text_to_text import PROMPT_RESPONSE, folder_prompt, template_prompt
+from lmcore.text_to_text import PROMPT_RESPONSE, folder_prompt, messages_text, template_prompt
 from lmcore.tokenizer import TextTokenizer
 
 
@@ -52,12 +52,23 @@ def cut_at_stop(text: str, stops: list[str]) -> str:
     return text[: min(ends)] if ends else text
 
 
+def read_messages(parser: argparse.ArgumentParser, path: str) -> str:
+    """The prompt of a chat in a JSON file (`-`: standard input): a list of {"role", "content"}."""
+    try:
+        raw = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        return messages_text(json.loads(raw), where=path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as error:
+        parser.error(f"--messages {path}: {error}")
+
+
 def run_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.num_samples < 1:
         parser.error(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.beam_size < 0 or (args.beam_size > 1 and args.num_samples > 1):
         parser.error(f"--beam-size must be >= 0, and beam search gives one answer (got {args.beam_size})")
     model, config, tokenizer = load_language_model(parser, args.model, args.device)
+    if args.messages is not None:
+        args.prompt = read_messages(parser, args.messages)
     templated = {"auto": config.get("template") == PROMPT_RESPONSE, "none": False}.get(args.template, True)
     if args.template == "auto" and templated:  # the folder's own instruction, as it was finetuned
         prompt_ids = folder_prompt(tokenizer, config, args.prompt)
@@ -128,7 +139,13 @@ def main(argv: list[str] | None = None) -> int:
 
     sample = commands.add_parser("generate", help="sample text from an exported model folder")
     sample.add_argument("--model", required=True, type=Path, help=model_help)
-    sample.add_argument("--prompt", default="\n")
+    prompt = sample.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", default="\n")
+    prompt.add_argument(
+        "--messages",
+        help="a chat to answer: a JSON file (- for standard input) holding a list of {role, content};"
+        " the prompt is their contents, one a line, as a text task's chat template renders them",
+    )
     sample.add_argument("--max-new-tokens", type=int, default=200)
     sample.add_argument("--temperature", type=float, default=GENERATION_DEFAULTS["temperature"])
     sample.add_argument("--top-k", type=int, default=GENERATION_DEFAULTS["top_k"])

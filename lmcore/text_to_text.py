@@ -50,6 +50,19 @@ def render_messages(messages: Sequence[dict[str, str]], where: str = "messages")
     return history, messages[-1]["content"]
 
 
+def messages_text(messages: object, where: str = "messages") -> str:
+    """The prompt text of a chat asked for its next turn: the messages' contents, one a line (as
+    a dialogue's history is rendered; an exported folder's chat template renders the same)."""
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"{where}: a chat is a non-empty list of {{'role': ..., 'content': ...}}, got {messages!r}")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or set(message) != {"role", "content"}:
+            raise ValueError(f"{where}[{i}]: a message is {{'role': ..., 'content': ...}}, got {message!r}")
+        if not isinstance(message["content"], str):
+            raise ValueError(f"{where}[{i}].content must be a string, got {message['content']!r}")
+    return "\n".join(message["content"] for message in messages)
+
+
 @dataclass(frozen=True)
 class PromptResponses:
     """Tokenized examples: `ids[i]` is the whole rendered example, its first `prompt_lengths[i]`

@@ -73,6 +73,7 @@ def test_generate_samples_the_same_text_for_the_same_seed(model_dir):
     ],
 )
 def test_generate_names_a_bad_argument(model_dir, capsys, arguments, message):
+    """Each bad argument is exit code 2 and a message naming it."""
     with pytest.raises(SystemExit) as exit_info:
         main(["generate", "--model", str(model_dir[0]), *arguments])
     assert exit_info.value.code == 2
@@ -141,3 +142,27 @@ def test_generate_puts_the_folders_instruction_before_the_prompt(tmp_path, model
     main(common)
     main([*common, "--template", "prompt_response"])
     assert read == [template_prompt(tokenizer, "Say: the fox"), template_prompt(tokenizer, "the fox")]
+
+
+def test_generate_answers_a_chat_from_a_messages_file(tmp_path, model_dir, capsys, monkeypatch):
+    """`--messages FILE`: a text task's model reads the turns one a line after its instruction, the
+    prompt its exported chat template renders; a bad chat names the file and the message."""
+    import lmcore.__main__ as cli
+
+    _, model, tokenizer = model_dir
+    config = {**TINY["gpt"], "vocab_size": tokenizer.vocab_size}
+    extra = {"template": "prompt_response", "instruction": "Reply:\n"}
+    export_model(tmp_path / "chat", model, "gpt", config, tmp_path / "tokenizer.json", extra=extra)
+    chat = [{"role": "user", "content": "Tea ?"}, {"role": "assistant", "content": "Yes ."}]
+    (tmp_path / "chat.json").write_text(json.dumps(chat))
+    read = []
+    monkeypatch.setattr(cli, "generate", lambda m, prompt, *args, **kwargs: read.append(prompt) or [])
+    main(["generate", "--model", str(tmp_path / "chat"), "--messages", str(tmp_path / "chat.json")])
+    assert read == [template_prompt(tokenizer, "Reply:\nTea ?\nYes .")]
+    bad_chats = [([{"role": "user"}], "chat.json[0]: a message is"), ({"a": 1}, "non-empty list"), ("{", "Expecting")]
+    for bad, message in bad_chats:
+        (tmp_path / "chat.json").write_text(bad if isinstance(bad, str) else json.dumps(bad))
+        with pytest.raises(SystemExit) as exit_info:
+            main(["generate", "--model", str(tmp_path / "chat"), "--messages", str(tmp_path / "chat.json")])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and f"--messages {tmp_path / 'chat.json'}: " in err and message in err

@@ -14,7 +14,7 @@ from lmcore.data import LabeledExamples, pad_batch
 from lmcore.generate import generate
 from lmcore.hf import export_hf, import_hf
 from lmcore.models import SequenceClassifier
-from lmcore.text_to_text import PROMPT_RESPONSE, folder_prompt
+from lmcore.text_to_text import PROMPT_RESPONSE, folder_prompt, messages_text
 from lmcore.tokenizer import TokenizerConfig, train_tokenizer
 from tests.lmcore.helpers import ARCH_OF, TINY, open_in_transformers, tiny_model
 
@@ -118,7 +118,7 @@ def test_a_prompt_response_model_carries_its_prompt_as_a_chat_template(exported)
     a plain LM's folder has no chat template."""
     folder, _, result = exported["lstm_chat"]
     model, config = load_model(folder)
-    expected = folder_prompt(load_folder_tokenizer(folder, config), config, "\n".join(m["content"] for m in CHAT))
+    expected = folder_prompt(load_folder_tokenizer(folder, config), config, messages_text(CHAT))
     assert result["chat_ids"] == expected
     assert result["chat_text"].startswith("<|endoftext|>Reply to the conversation:\nTea ?\nYes,")
     assert exported["lstm"][2]["chat_text"] is None
