@@ -73,12 +73,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer(outputs("tokenizer").tokenizer)
-    model, config = load_model(outputs("pretrain").model)
-    if args.scratch_arch:
+    if args.scratch_arch:  # needs no pretrained model
         torch.manual_seed(7)
         shape = {**read_yaml(Path("params.yaml"))["model"][args.scratch_arch], "vocab_size": tokenizer.vocab_size}
         model = build_model(args.scratch_arch, build_model_config(args.scratch_arch, shape))
-    elif args.scratch:
+    else:
+        model, config = load_model(outputs("pretrain").model)
+    if args.scratch and not args.scratch_arch:
         torch.manual_seed(7)
         model = build_model(config["arch"], build_model_config(config["arch"], config["model"]))
     sources, targets = read_lines("train", "en"), read_lines("train", args.target)
