@@ -36,7 +36,7 @@ from lmcore.checkpoint import (
 )
 from lmcore.models import GPT, GPTConfig, SequenceClassifier
 from lmcore.models.gpt import mlp_width
-from lmcore.text_to_text import PROMPT_RESPONSE, RESPONSE_MARKER
+from lmcore.text_to_text import PROMPT_RESPONSE, chat_template
 
 REMOTE_CODE = Path(__file__).parent / "hf_remote"
 # The folder's copies of lmcore's model code, and the import each absolute one becomes.
@@ -126,10 +126,9 @@ def copy_remote_code(folder: Path) -> None:
 def write_tokenizer_config(
     folder: Path, eot_token: str, pad_token: str, config: dict[str, Any], classifier: bool
 ) -> None:
-    """A tokenizer `AutoTokenizer` opens as `PreTrainedTokenizerFast` (the class named, as
-    transformers 4 needs): no special token added on encode, text cut from the left to a
-    classifier's max_len (lmcore keeps a text's last tokens), right padding. A model finetuned on
-    prompt/response pairs also gets the chat template of its prompts (`chat_template`)."""
+    """A tokenizer `AutoTokenizer` opens as `PreTrainedTokenizerFast` (named, as transformers 4
+    needs): no special token added on encode, text cut from the left to a classifier's max_len (as
+    lmcore cuts), right padding; a prompt/response model's prompt as its chat template."""
     specials = {"bos_token": eot_token, "eos_token": eot_token, "pad_token": pad_token}
     length = config.get("max_len", 128) if classifier else config["model"]["block_size"]
     write_json(folder / "special_tokens_map.json", specials)
@@ -144,22 +143,8 @@ def write_tokenizer_config(
         "add_eos_token": False,
     }
     if config.get("template") == PROMPT_RESPONSE:
-        tokenizer_config["chat_template"] = prompt_response_chat_template(config.get("instruction", ""))
+        tokenizer_config["chat_template"] = chat_template(config.get("instruction", ""))
     write_json(folder / "tokenizer_config.json", tokenizer_config)
-
-
-def prompt_response_chat_template(instruction: str) -> str:
-    """The Jinja chat template that renders messages as lmcore renders a prompt for a model
-    finetuned on the prompt/response template (lmcore/text_to_text.py): end-of-text, the folder's
-    instruction, the messages' contents one a line (a dialogue's turns), the response marker.
-    `apply_chat_template` then gives the tokens `lmcore generate` feeds that model for the same
-    text. The strings are JSON literals, which Jinja reads as its own, escapes included."""
-    return (
-        f"{{{{ bos_token }}}}{{{{ {json.dumps(instruction)} }}}}"
-        "{% for message in messages %}{% if not loop.first %}{{ '\\n' }}{% endif %}"
-        "{{ message['content'] }}{% endfor %}"
-        f"{{{{ {json.dumps(RESPONSE_MARKER)} }}}}"
-    )
 
 
 def llama_config(model: GPTConfig) -> dict[str, Any]:

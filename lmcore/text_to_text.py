@@ -18,6 +18,7 @@ Shapes: B batch, T time, V vocab_size.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -61,6 +62,19 @@ def messages_text(messages: object, where: str = "messages") -> str:
         if not isinstance(message["content"], str):
             raise ValueError(f"{where}[{i}].content must be a string, got {message['content']!r}")
     return "\n".join(message["content"] for message in messages)
+
+
+def chat_template(instruction: str) -> str:
+    """The Jinja chat template (Hugging Face's `apply_chat_template`) of a model finetuned with
+    `instruction`: end-of-text, the instruction, `messages_text` of the messages, the marker, so
+    a tokenizer renders the prompt `folder_prompt` gives for the same text. The strings are JSON
+    literals, which Jinja reads as its own, escapes included."""
+    return (
+        f"{{{{ bos_token }}}}{{{{ {json.dumps(instruction)} }}}}"
+        "{% for message in messages %}{% if not loop.first %}{{ '\\n' }}{% endif %}"
+        "{{ message['content'] }}{% endfor %}"
+        f"{{{{ {json.dumps(RESPONSE_MARKER)} }}}}"
+    )
 
 
 @dataclass(frozen=True)
