@@ -202,7 +202,8 @@ def load_params(path: str | Path | None = None) -> Params:
         gpt_block = models["gpt"].block_size
         for section in ("tasks", "text_tasks"):
             for name, task in getattr(params, section).items():
-                if params.model.arch == "gpt" and task.max_len > gpt_block:
+                arch = getattr(task, "arch", None) or params.model.arch  # a text task's scratch model
+                if arch == "gpt" and task.max_len > gpt_block:
                     # the stage would refuse it, but only after the tokenizer and pretrain stages ran
                     raise ValueError(
                         f"{section}.{name}.max_len={task.max_len} exceeds model.gpt.block_size={gpt_block}"

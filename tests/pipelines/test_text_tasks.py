@@ -61,6 +61,7 @@ def test_the_shipped_dialogue_task_reads_dailydialog_turn_by_turn():
         (lambda t, p: t.update(metric="rouge"), "metric"),
         (lambda t, p: t.update(arch="gpt"), "arch is for init: scratch"),
         (lambda t, p: t.update(init="scratch", arch="transformer"), "text_tasks.translate_en_de.arch"),
+        (lambda t, p: t.update(init="scratch", arch="gpt", max_len=300), "max_len=300 exceeds model.gpt.block_size"),
         (lambda t, p: p["text_tasks"].update(sst2=p["text_tasks"]["translate_en_de"]), "not a task's name"),
     ],
 )
