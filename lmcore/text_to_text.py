@@ -42,13 +42,20 @@ def render_messages(messages: Sequence[dict[str, str]], where: str = "messages")
     (the assistant's) as the response."""
     if len(messages) < 2:
         raise ValueError(f"{where}: a chat needs at least one turn before the assistant's, got {len(messages)}")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or set(message) != {"role", "content"}:
-            raise ValueError(f"{where}[{i}]: a message is {{'role': ..., 'content': ...}}, got {message!r}")
+    check_messages(messages, where)
     if messages[-1]["role"] != "assistant":
         raise ValueError(f"{where}: the last message is the response and must be the assistant's")
     history = "\n".join(f"{m['role']}: {m['content']}" for m in messages[:-1])
     return history, messages[-1]["content"]
+
+
+def check_messages(messages: Sequence[dict[str, str]], where: str) -> None:
+    """Each message is exactly {"role", "content"}, its content a string."""
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or set(message) != {"role", "content"}:
+            raise ValueError(f"{where}[{i}]: a message is {{'role': ..., 'content': ...}}, got {message!r}")
+        if not isinstance(message["content"], str):
+            raise ValueError(f"{where}[{i}].content must be a string, got {message['content']!r}")
 
 
 def messages_text(messages: object, where: str = "messages") -> str:
@@ -56,11 +63,7 @@ def messages_text(messages: object, where: str = "messages") -> str:
     a dialogue's history is rendered; an exported folder's chat template renders the same)."""
     if not isinstance(messages, list) or not messages:
         raise ValueError(f"{where}: a chat is a non-empty list of {{'role': ..., 'content': ...}}, got {messages!r}")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or set(message) != {"role", "content"}:
-            raise ValueError(f"{where}[{i}]: a message is {{'role': ..., 'content': ...}}, got {message!r}")
-        if not isinstance(message["content"], str):
-            raise ValueError(f"{where}[{i}].content must be a string, got {message['content']!r}")
+    check_messages(messages, where)
     return "\n".join(message["content"] for message in messages)
 
 

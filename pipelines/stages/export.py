@@ -4,8 +4,9 @@ model as Hugging Face folders.
 `outputs/export/lm`, `outputs/export/<task>` and `outputs/export/<text task>` open with
 `transformers` alone (`AutoModelForCausalLM` / `AutoModelForSequenceClassification`,
 `trust_remote_code=True` unless the model is a Llama): lmcore/hf.py says how. A text task's
-tokenizer carries its prompt as a chat template (`tokenizer.apply_chat_template`). `export.json` lists each folder, its class and whether it
-is native or carries its modeling code; every folder is logged to MLflow under `hf/<name>`.
+tokenizer carries its prompt as a chat template (`tokenizer.apply_chat_template`). `export.json`
+lists each folder, its class and whether it is native or carries its modeling code; every folder
+is logged to MLflow under `hf/<name>`.
 """
 
 from __future__ import annotations

@@ -56,9 +56,9 @@ def finetune(model, params, raw: dict, name: str, encoded: dict, tokenizer, chec
         nll, count = response_nll(m, encoded["validation"], tokenizer.pad_id, params.evaluate.batch_size)
         return {"loss": nll / count, "perplexity": math.exp(nll / count)}
 
-    # A scratch model's checkpoints do not depend on the pretrained weights.
-    digest = hashlib.sha256((outputs("pretrain").model / WEIGHTS_NAME).read_bytes()).hexdigest()
-    digest = digest if task.init == "pretrained" else None
+    # A scratch model's checkpoints do not depend on the pretrained weights, which it never reads.
+    weights = outputs("pretrain").model / WEIGHTS_NAME
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest() if task.init == "pretrained" else None
     fingerprint = resumable_checkpoints(checkpoints, stage_params(f"text_task@{name}", raw), tokenizer.sha256(), digest)
     start = time.perf_counter()
     with stop_requests() as should_stop:
